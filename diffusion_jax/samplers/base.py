@@ -122,7 +122,9 @@ class Sampler:
         return SampleOutput(samples, traj, carry["nfe"])
 
 
-def prior_sample(key: Array, shape: tuple[int, ...], schedule: Schedule, t_max: float | None = None, dtype=None):
+def prior_sample(
+    key: Array, shape: tuple[int, ...], schedule: Schedule, t_max: float | None = None, dtype=None
+):
     """z ~ N(0, sigma(t_max)^2 I): the standard prior at the start time (the alpha x term is
     neglected, as in every reference sampler; it is exactly 0 where alpha(1) = 0)."""
     t_max = schedule.t_max if t_max is None else t_max
