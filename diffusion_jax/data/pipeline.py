@@ -1,0 +1,550 @@
+"""Input pipelines: TFDS array_record sources through grain, and seeded iterators for 2-D / analytic samplers.
+
+Public entry: ``make_iterator(data_cfg, *, process_index=0, process_count=1, seed=0)`` returns an iterator
+of per-process batches (dicts of numpy arrays) with ``get_state()`` / ``set_state()`` (JSON-serialisable
+dicts, for saving with Orbax next to the train state).
+
+**Global-batch layout.** Every pipeline defines one global stream of examples (indices ``0, 1, 2, ...``);
+global batch ``k`` is stream elements ``[k B, (k+1) B)`` with ``B = batch_size`` (global). Process ``p``
+of ``P`` receives rows ``[p b, (p+1) b)`` of it, ``b = B / P``. Hence concatenating the batches of all
+processes in process order gives exactly the batch a single process would see, and every random choice
+(shuffle order, dequantization noise, flips, toy samples) depends only on the seed and the *global* element
+index: a run on 1 process and on 4 processes consume identical global batches.
+
+**TFDS / latents** (``source='tfds'`` or ``'latents'``), a grain ``MapDataset`` chain:
+``source -> shuffle(shuffle_seed) -> repeat(num_epochs) -> random_map(per-example transform) ->
+process shard -> batch(b)``, then ``to_iter_dataset`` with ``num_threads`` reader threads. Grain shuffles
+each epoch with its own permutation (seed ``shuffle_seed + epoch``, a Feistel index shuffle, so nothing is
+materialised), and seeds each example's ``np.random.Generator`` from ``(seed, global index)``, which makes
+dequantization/flip noise differ between epochs yet be reproducible. The remainder of the stream that does
+not fill a global batch is dropped (for a 1-epoch eval pass choose ``batch_size`` dividing the split).
+The iterator state is grain's (``{'next_index': k}``, the next per-process batch): restoring it resumes
+with exactly the same batches.
+
+**Samplers** (``source='toy2d'``, or ``make_sampler_iterator`` for any ``fn(key, n) -> [n, d]``, e.g. an
+analytic Gaussian mixture): infinite; element ``r`` of global batch ``k`` is drawn from key
+``fold_in(fold_in(key(seed), k), r)``, so batch ``k`` of process ``p`` depends only on
+``(seed, k, p)`` (and ``b``); the state is ``{'step': k}``.
+
+Batches: ``{'image': float32 [b, H, W, C], 'label': int32 [b]}`` (TFDS; ``label`` when the dataset has
+one), ``{'x': float32 [b, ...], 'label': int32 [b]}`` (latents), ``{'x': float32 [b, 2]}`` plus
+``'x0'`` when ``pair_with`` is set (toy2d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax.data import fashion_mnist, latents, toy2d, transforms
+
+SOURCES = ("toy2d", "tfds", "latents")
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsDataset:
+    """What the pipeline needs to know about a TFDS dataset before opening it.
+
+    Attributes:
+      tfds_name: TFDS builder name (``tfds.data_source(tfds_name)``).
+      splits: valid split names (TFDS slicing such as ``'train[:90%]'`` is accepted on top).
+      image_shape: native ``(H, W, C)`` of the ``'image'`` feature.
+      num_classes: number of labels (0 if unlabelled).
+      prepare: ``fn(data_dir)`` building the dataset locally when missing, or None when it must already be
+        prepared in ``data_dir`` (as array_record, e.g. with ``tfds build --file_format=array_record`` on a
+        machine with TensorFlow).
+    """
+
+    tfds_name: str
+    splits: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    prepare: Callable[[str], Any] | None = None
+
+
+TFDS_DATASETS: dict[str, TfdsDataset] = {
+    "fashion_mnist": TfdsDataset(
+        fashion_mnist.TFDS_NAME, ("train", "test"), (28, 28, 1), 10, prepare=fashion_mnist.prepare
+    ),
+    "mnist": TfdsDataset("mnist", ("train", "test"), (28, 28, 1), 10),
+    "cifar10": TfdsDataset("cifar10", ("train", "test"), (32, 32, 3), 10),
+    "imagenet64": TfdsDataset("imagenet_resized/64x64", ("train", "validation"), (64, 64, 3), 1000),
+}
+"""Config ``name`` -> dataset (explicit table; ``fashion_mnist`` is built locally from Debian's files)."""
+
+# Documented config fields (see `default_data_config`); anything else is rejected as a likely typo.
+_FIELDS = (
+    "source",
+    "name",
+    "pair_with",
+    "split",
+    "batch_size",
+    "data_dir",
+    "prepare",
+    "latents_path",
+    "image_size",
+    "num_channels",
+    "resize",
+    "dequantize",
+    "random_flip",
+    "shuffle",
+    "shuffle_seed",
+    "num_epochs",
+    "num_threads",
+    "prefetch",
+)
+
+
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets`` (TFDS's own default)."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def default_data_config(
+    source: str = "toy2d", name: str = "moons", batch_size: int = 256, **overrides: Any
+) -> ml_collections.ConfigDict:
+    """A complete, validated data config; ``overrides`` set any other field.
+
+    Fields (integer sentinels instead of None so command-line overrides keep a type):
+
+    - ``source``: ``'toy2d'`` | ``'tfds'`` | ``'latents'``.
+    - ``name``: toy2d: a ``toy2d.TOY_SAMPLERS`` key; tfds: a ``TFDS_DATASETS`` key; latents: free text.
+    - ``pair_with``: toy2d only; ``''`` or a toy name whose samples are added as ``'x0'`` (source of a
+      toy-to-toy flow, e.g. ``name='moons', pair_with='8gaussians'``).
+    - ``split``: TFDS split (``'train'``; slices like ``'train[:1000]'`` allowed).
+    - ``batch_size``: GLOBAL batch; each of ``process_count`` processes gets ``batch_size // process_count``.
+    - ``data_dir``: TFDS data dir (``''`` -> ``default_data_dir()``).
+    - ``prepare``: build local datasets (fashion_mnist) into ``data_dir`` when missing (once).
+    - ``latents_path``: ``.npz`` written by ``latents.cache_latents`` (``source='latents'``).
+    - ``image_size``: output height = width (0 -> the dataset's own size); ``num_channels`` (0 -> own).
+    - ``resize``: ``transforms.RESIZE_METHODS``; how to reach ``image_size`` when it differs.
+    - ``dequantize``: uniform dequantization ``(x + U[0,1)) / 256`` mapped to ``[-1, 1)``; else
+      ``x / 127.5 - 1``.
+    - ``random_flip``: horizontal flip with probability 1/2.
+    - ``shuffle``: shuffle each epoch; ``shuffle_seed``: its seed (-1 -> the ``seed`` of ``make_iterator``).
+    - ``num_epochs``: 0 -> infinite; else stop after that many passes.
+    - ``num_threads`` / ``prefetch``: grain reader threads / prefetched batches (0 -> read in the
+      caller's thread).
+
+    Returns:
+      ``ml_collections.ConfigDict`` with exactly the fields above.
+    """
+    cfg = ml_collections.ConfigDict(
+        {
+            "source": source,
+            "name": name,
+            "pair_with": "",
+            "split": "train",
+            "batch_size": batch_size,
+            "data_dir": "",
+            "prepare": True,
+            "latents_path": "",
+            "image_size": 0,
+            "num_channels": 0,
+            "resize": "none",
+            "dequantize": True,
+            "random_flip": False,
+            "shuffle": True,
+            "shuffle_seed": -1,
+            "num_epochs": 0,
+            "num_threads": 2,
+            "prefetch": 4,
+        }
+    )
+    if source == "tfds" and name in TFDS_DATASETS:
+        h, _, c = TFDS_DATASETS[name].image_shape
+        cfg.image_size, cfg.num_channels = h, c
+    for k, v in overrides.items():
+        if k not in _FIELDS:
+            raise ValueError(f"unknown data config field {k!r}; valid fields: {sorted(_FIELDS)}")
+        cfg[k] = v
+    validate_data_config(cfg)
+    return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def validate_data_config(
+    data_cfg: Mapping[str, Any] | ml_collections.ConfigDict, process_count: int = 1
+) -> None:
+    """Checks every field of a data config; raises ``ValueError`` naming the field and the valid choices.
+
+    Touches no file and compiles nothing (runs before any work).
+    """
+    cfg = dict(data_cfg.items()) if hasattr(data_cfg, "items") else dict(data_cfg)
+    unknown = sorted(set(cfg) - set(_FIELDS))
+    missing = sorted(set(_FIELDS) - set(cfg))
+    if unknown or missing:
+        raise ValueError(
+            f"data config: unknown fields {unknown}, missing fields {missing}; valid fields: {sorted(_FIELDS)} "
+            "(start from default_data_config())"
+        )
+    source, name = cfg["source"], cfg["name"]
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r}; valid: {list(SOURCES)}")
+    if source == "toy2d":
+        if name not in toy2d.TOY_SAMPLERS:
+            raise ValueError(
+                f"data.name={name!r} is not a toy2d dataset; valid: {sorted(toy2d.TOY_SAMPLERS)}"
+            )
+        if cfg["pair_with"] not in ("", *toy2d.TOY_SAMPLERS):
+            raise ValueError(
+                f"data.pair_with={cfg['pair_with']!r}; valid: '' or {sorted(toy2d.TOY_SAMPLERS)}"
+            )
+    elif cfg["pair_with"]:
+        raise ValueError(f"data.pair_with is only for source='toy2d' (source={source!r})")
+    if source == "tfds":
+        if name not in TFDS_DATASETS:
+            raise ValueError(f"data.name={name!r} is not a TFDS dataset; valid: {sorted(TFDS_DATASETS)}")
+        spec = TFDS_DATASETS[name]
+        split = cfg["split"]
+        if not isinstance(split, str) or split.split("[")[0] not in spec.splits:
+            raise ValueError(
+                f"data.split={split!r} for {name}; valid: {list(spec.splits)} (optionally sliced)"
+            )
+        h, w, c = spec.image_shape
+        if cfg["resize"] not in transforms.RESIZE_METHODS:
+            raise ValueError(f"data.resize={cfg['resize']!r}; valid: {list(transforms.RESIZE_METHODS)}")
+        size = cfg["image_size"]
+        if not _is_int(size) or size < 0:
+            raise ValueError(f"data.image_size={size!r} must be an int >= 0 (0: native {h})")
+        if size not in (0, h) and cfg["resize"] == "none":
+            raise ValueError(
+                f"data.image_size={size} differs from {name}'s {h}x{w}: set data.resize to one of "
+                f"{list(transforms.RESIZE_METHODS[1:])}"
+            )
+        if cfg["resize"] == "pad" and 0 < size < h:
+            raise ValueError(f"data.resize='pad' cannot shrink {h} to data.image_size={size}")
+        if cfg["num_channels"] not in (0, c):
+            raise ValueError(f"data.num_channels={cfg['num_channels']!r}; {name} has {c} (or 0 for native)")
+    if source == "latents":
+        if not isinstance(cfg["latents_path"], str) or not cfg["latents_path"].endswith(".npz"):
+            raise ValueError(f"data.latents_path={cfg['latents_path']!r} must name a .npz latent cache")
+    bs = cfg["batch_size"]
+    if not _is_int(process_count) or process_count < 1:
+        raise ValueError(f"process_count={process_count!r} must be an int >= 1")
+    if not _is_int(bs) or bs <= 0 or bs % process_count:
+        raise ValueError(
+            f"data.batch_size={bs!r} must be a positive int divisible by process_count={process_count}"
+        )
+    for flag in ("dequantize", "random_flip", "shuffle", "prepare"):
+        if not isinstance(cfg[flag], bool):
+            raise ValueError(f"data.{flag}={cfg[flag]!r} must be True or False")
+    ss = cfg["shuffle_seed"]
+    if not _is_int(ss) or not -1 <= ss < 2**32:
+        raise ValueError(f"data.shuffle_seed={ss!r} must be -1 (use the run seed) or in [0, 2**32)")
+    for field in ("num_epochs", "num_threads", "prefetch"):
+        if not _is_int(cfg[field]) or cfg[field] < 0:
+            raise ValueError(f"data.{field}={cfg[field]!r} must be an int >= 0")
+    if not isinstance(cfg["data_dir"], str):
+        raise ValueError(f"data.data_dir={cfg['data_dir']!r} must be a string ('' for the default)")
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    """A 32-bit seed for an independent random stream (``stream`` 0, 1, ...) of the run seed ``seed``."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, stream]).generate_state(1, np.uint32)[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Iterators
+
+
+class DataIterator:
+    """Iterator of per-process batches with a checkpointable position.
+
+    ``next(it)`` -> dict of numpy arrays; ``get_state()`` -> JSON-serialisable dict; ``set_state(s)``
+    makes the following ``next`` calls return exactly what they returned after ``s`` was taken.
+    """
+
+    source: str
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("source") != self.source:
+            raise ValueError(f"iterator state {state!r} was not produced by a {self.source!r} iterator")
+
+
+class GrainIterator(DataIterator):
+    """Wraps a grain ``MapDataset`` of batches; the state is grain's (next batch index)."""
+
+    def __init__(self, batched: grain.MapDataset, *, source: str, num_threads: int, prefetch: int):
+        self.source = source
+        read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch if num_threads else 0)
+        self._dataset = batched.to_iter_dataset(read)
+        self._it = iter(self._dataset)
+        self.num_batches = len(batched)  # sys.maxsize when infinite.
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        # Round-trip through JSON so the state is plain Python (grain may hold numpy ints).
+        return {"source": self.source, "grain": json.loads(json.dumps(self._it.get_state(), default=int))}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
+        self._it.set_state(dict(state["grain"]))
+
+
+class SamplerIterator(DataIterator):
+    """Infinite batches from ``fn(key, n) -> [n, d]``; batch ``k`` depends only on ``(seed, k, p, b)``.
+
+    Element ``r`` of global batch ``k`` uses key ``fold_in(fold_in(key(seed), k), r)`` and process ``p``
+    draws rows ``r in [p b, (p+1) b)``, so the processes' batches concatenate to the 1-process batch. With
+    ``pair_fn`` each element also gets ``'x0'`` from ``pair_fn`` under ``fold_in(element_key, 1)``.
+    """
+
+    source = "sampler"
+
+    def __init__(
+        self,
+        sample_fn: Callable[[jax.Array, int], jax.Array],
+        *,
+        batch_size: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        seed: int = 0,
+        pair_fn: Callable[[jax.Array, int], jax.Array] | None = None,
+        source: str = "sampler",
+    ):
+        if not _is_int(batch_size) or batch_size <= 0 or batch_size % process_count:
+            raise ValueError(
+                f"batch_size={batch_size!r} must be a positive int divisible by {process_count=}"
+            )
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index!r} must be in [0, {process_count})")
+        self.source = source
+        self._local = batch_size // process_count
+        self._offset = process_index * self._local
+        self._seed = int(seed)
+        self._step = 0
+        self._cpu = jax.devices("cpu")[0]
+        self._draw = jax.jit(functools.partial(_draw_elements, sample_fn, pair_fn, self._local))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        # Host-side sampling: keep the tiny per-batch computation off accelerators.
+        with jax.default_device(self._cpu):
+            out = self._draw(jnp.uint32(self._seed % 2**32), jnp.uint32(self._step), jnp.uint32(self._offset))
+        self._step += 1
+        return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source, "step": self._step}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._check_state(state)
+        self._step = int(state["step"])
+
+
+def _draw_elements(sample_fn, pair_fn, n, seed, step, offset):
+    base = jax.random.fold_in(jax.random.key(seed), step)
+    keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(offset + jnp.arange(n, dtype=jnp.uint32))
+    out = {"x": jax.vmap(lambda k: sample_fn(k, 1)[0])(keys)}
+    if pair_fn is not None:
+        out["x0"] = jax.vmap(lambda k: pair_fn(jax.random.fold_in(k, 1), 1)[0])(keys)
+    return out
+
+
+def make_sampler_iterator(
+    sample_fn: Callable[[jax.Array, int], jax.Array],
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+) -> SamplerIterator:
+    """Seeded infinite iterator over any JAX sampler ``fn(key, n) -> [n, ...]`` (e.g. an analytic GMM).
+
+    Args:
+      sample_fn: called as ``sample_fn(key, 1)`` under ``vmap`` (one key per element).
+      batch_size: GLOBAL batch; this process yields ``batch_size // process_count`` rows.
+
+    Returns:
+      A ``SamplerIterator`` yielding ``{'x': float32 [b, ...]}``, state ``{'source': 'sampler', 'step': k}``.
+    """
+    return SamplerIterator(
+        sample_fn, batch_size=batch_size, process_index=process_index, process_count=process_count, seed=seed
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# grain pieces
+
+
+class _ProcessShard(grain.MapDataset):
+    """Process ``p``'s rows of every global batch: element ``m`` -> parent ``(m // b) B + p b + m % b``.
+
+    Only whole global batches are kept, so the ``P`` shards are disjoint and together cover the first
+    ``floor(len / B) * B`` elements of the parent.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._global = global_batch
+        self._local = global_batch // process_count
+        self._offset = process_index * self._local
+        n = len(parent)
+        self._length = sys.maxsize if n >= sys.maxsize else (n // global_batch) * self._local
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        k, r = divmod(index, self._local)
+        return k * self._global + self._offset + r
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices: Sequence[int]):
+        return self._parent._getitems([self._parent_index(i) for i in indices])  # noqa: SLF001
+
+    def __str__(self) -> str:
+        return f"_ProcessShard(offset={self._offset}, local={self._local}, global={self._global})"
+
+
+def _image_example(example, rng, *, size, resize, flip, dequantize):
+    image = np.asarray(example["image"])
+    if image.ndim == 2:
+        image = image[..., None]
+    if size:
+        image = transforms.resize_image(image, size, resize)
+    if flip:
+        image = transforms.random_flip_left_right(image, rng)
+    if dequantize:
+        image = transforms.uniform_dequantize(image, rng)
+    else:
+        image = transforms.scale_to_unit_interval(image)
+    out = {"image": np.ascontiguousarray(image)}
+    if "label" in example:
+        out["label"] = np.int32(example["label"])
+    return out
+
+
+def _latent_example(example):
+    out = {"x": np.asarray(example["x"], np.float32)}
+    if "label" in example:
+        out["label"] = np.int32(example["label"])
+    return out
+
+
+def _grain_batches(source, transform, *, cfg, seed, process_index, process_count, random: bool):
+    """source -> shuffle -> repeat -> (random_)map -> process shard -> batch, as a ``MapDataset``."""
+    ds = grain.MapDataset.source(source)
+    if cfg["shuffle"]:
+        shuffle_seed = cfg["shuffle_seed"] if cfg["shuffle_seed"] >= 0 else _derive_seed(seed, 0)
+        ds = ds.shuffle(seed=shuffle_seed)
+    ds = ds.repeat(cfg["num_epochs"] or None)
+    ds = ds.random_map(transform, seed=_derive_seed(seed, 1)) if random else ds.map(transform)
+    ds = _ProcessShard(ds, cfg["batch_size"], process_index, process_count)
+    return ds.batch(cfg["batch_size"] // process_count, drop_remainder=True)
+
+
+def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
+    """Opens the random-access TFDS source of a (validated) ``source='tfds'`` config.
+
+    Builds ``fashion_mnist`` into ``data_dir`` first when ``prepare`` is set and it is missing. Never
+    downloads: other datasets must already be prepared as array_record in ``data_dir``.
+
+    Returns:
+      ``tfds`` ``ArrayRecordDataSource``; element ``i`` is ``{'image': uint8 [H, W, C], 'label': int}``.
+    """
+    import tensorflow_datasets as tfds  # Deferred: only TFDS configs pay its import time.
+
+    spec = TFDS_DATASETS[data_cfg["name"]]
+    data_dir = data_cfg["data_dir"] or default_data_dir()
+    if spec.prepare is not None and data_cfg["prepare"]:
+        spec.prepare(data_dir)
+    return tfds.data_source(spec.tfds_name, split=data_cfg["split"], data_dir=data_dir, download=False)
+
+
+def make_iterator(
+    data_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+    source: Any = None,
+) -> DataIterator:
+    """Builds this process's batch iterator for ``data_cfg`` (see the module docstring for the layout).
+
+    Args:
+      data_cfg: a data config (``default_data_config`` documents the fields); validated first.
+      process_index: this process, in ``[0, process_count)`` (``jax.process_index()``).
+      process_count: number of processes (``jax.process_count()``); must divide ``batch_size``.
+      seed: run seed: toy sampling, dequantization / flip noise, and shuffling when
+        ``shuffle_seed == -1``.
+      source: optional random-access source (``len`` + ``[i]`` -> example dict) used instead of opening
+        the configured one, e.g. an in-memory array source in tests; its examples need the keys the
+        configured ``source`` expects.
+
+    Returns:
+      A ``DataIterator``: ``next()`` -> ``{'image': float32 [b, H, W, C], 'label': int32 [b]}`` (tfds),
+      ``{'x': float32 [b, ...], 'label'}`` (latents) or ``{'x': float32 [b, 2], 'x0'}`` (toy2d), with
+      ``b = batch_size // process_count``; ``get_state`` / ``set_state`` for exact resumption.
+    """
+    validate_data_config(data_cfg, process_count)
+    if not _is_int(process_index) or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index!r} must be in [0, process_count={process_count})")
+    if not _is_int(seed):
+        raise ValueError(f"seed={seed!r} must be an int")
+    cfg = dict(data_cfg.items())
+    kind = cfg["source"]
+    if kind == "toy2d":
+        pair = cfg["pair_with"]
+        return SamplerIterator(
+            toy2d.get_toy_sampler(cfg["name"]),
+            batch_size=cfg["batch_size"],
+            process_index=process_index,
+            process_count=process_count,
+            seed=seed,
+            pair_fn=toy2d.get_toy_sampler(pair) if pair else None,
+            source="toy2d",
+        )
+    common = dict(cfg=cfg, seed=seed, process_index=process_index, process_count=process_count)
+    if kind == "latents":
+        src = source if source is not None else latents.LatentSource(cfg["latents_path"])
+        batched = _grain_batches(src, _latent_example, random=False, **common)
+    else:
+        src = source if source is not None else open_tfds_source(cfg)
+        spec = TFDS_DATASETS[cfg["name"]]
+        size = cfg["image_size"] if cfg["image_size"] not in (0, spec.image_shape[0]) else 0
+        transform = functools.partial(
+            _image_example,
+            size=size,
+            resize=cfg["resize"],
+            flip=cfg["random_flip"],
+            dequantize=cfg["dequantize"],
+        )
+        batched = _grain_batches(src, transform, random=True, **common)
+    if len(batched) == 0:
+        raise ValueError(
+            f"data.batch_size={cfg['batch_size']} is larger than the {len(src)} examples x num_epochs available"
+        )
+    return GrainIterator(batched, source=kind, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
