@@ -1,0 +1,153 @@
+"""Conditioning: class labels with a null label, byte-level text encoder, precomputed embeddings.
+
+- Class labels: integer ids in [0, num_classes); the id `num_classes` is the null label, used for
+  classifier-free guidance (Ho & Salimans 2022): training drops labels to the null label with
+  probability p (`drop_labels`), sampling mixes conditional and null predictions.
+- Sequences of embeddings [B, L, E] with a mask [B, L] bool are consumed by cross-attention
+  (`layers.CrossAttention`; Rombach et al. 2022, Sec. 3.3).
+- `ByteTextEncoder`: a small trainable Transformer over UTF-8 bytes (as in ByT5, Xue et al. 2022,
+  which works on raw bytes), so captioned training needs no tokenizer or download.
+- `load_npy_embeddings`: precomputed embeddings of any external encoder (CLIP, T5, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diffusion_jax.models import layers as L
+
+PAD_ID = 256  # byte ids are 0..255; 256 pads
+BYTE_VOCAB = 257
+
+
+class ClassEmbedding(nnx.Module):
+    """Class-label embedding [B] int -> [B, dim]; label == num_classes (or None) is the null label.
+
+    learned_null=True: a table of num_classes + 1 rows, the last one learned (DiT, Peebles & Xie 2023,
+    `LabelEmbedder` with class dropout). learned_null=False: num_classes rows and the null label embeds
+    to zero (EDM's bias-free linear map of a one-hot label, where dropping the label zeroes the one-hot).
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, learned_null: bool = True, rngs: nnx.Rngs):
+        self.num_classes, self.learned_null = num_classes, learned_null
+        rows = num_classes + 1 if learned_null else num_classes
+        self.table = nnx.Embed(
+            rows,
+            dim,
+            embedding_init=nnx.initializers.normal(0.02),
+            embedding_metadata=L.meta("vocab", "embed"),
+            rngs=rngs,
+        )
+
+    def __call__(self, label: jax.Array | None, *, batch: int) -> jax.Array:
+        if label is None:
+            label = jnp.full((batch,), self.num_classes, jnp.int32)
+        label = jnp.asarray(label)
+        if label.shape != (batch,) or not jnp.issubdtype(label.dtype, jnp.integer):
+            raise ValueError(f"label must be an int array of shape [{batch}], got {label.dtype}{label.shape}")
+        if self.learned_null:
+            return self.table(label)
+        is_null = label >= self.num_classes
+        emb = self.table(jnp.where(is_null, 0, label))
+        return jnp.where(is_null[:, None], 0.0, emb)
+
+
+def drop_labels(key: jax.Array, label: jax.Array, p: float, num_classes: int) -> jax.Array:
+    """Replace each label by the null label `num_classes` with probability p (CFG training dropout)."""
+    drop = jax.random.bernoulli(key, p, label.shape)
+    return jnp.where(drop, num_classes, label)
+
+
+def drop_context(key: jax.Array, context_mask: jax.Array, p: float) -> jax.Array:
+    """Zero the whole context mask of each example with probability p (CFG dropout for sequences)."""
+    drop = jax.random.bernoulli(key, p, context_mask.shape[:1])
+    return context_mask & ~drop[:, None]
+
+
+def tokenize_bytes(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 byte tokens: list of N strings -> (ids [N, max_len] int32, mask [N, max_len] bool).
+
+    Longer texts are truncated; padding uses id 256 and mask False.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len={max_len} must be >= 1")
+    ids = np.full((len(texts), max_len), PAD_ID, np.int32)
+    mask = np.zeros((len(texts), max_len), bool)
+    for i, s in enumerate(texts):
+        b = np.frombuffer(s.encode("utf-8"), np.uint8)[:max_len]
+        ids[i, : len(b)] = b
+        mask[i, : len(b)] = True
+    return ids, mask
+
+
+class TextBlock(nnx.Module):
+    """Pre-LN Transformer block (Vaswani et al. 2017; pre-LN per Xiong et al. 2020) with a key mask."""
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.ln1 = nnx.LayerNorm(dim, scale_metadata=L.meta("norm"), bias_metadata=L.meta("norm"), rngs=rngs)
+        self.attn = L.SelfAttention(dim, num_heads, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(dim, scale_metadata=L.meta("norm"), bias_metadata=L.meta("norm"), rngs=rngs)
+        self.fc1 = L.linear(dim, 4 * dim, rngs=rngs)
+        self.fc2 = L.linear(4 * dim, dim, rngs=rngs, names=("mlp", "embed"))
+
+    def __call__(self, x, mask):
+        x = x + self.attn(self.ln1(x), mask)
+        return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+
+
+class ByteTextEncoder(nnx.Module):
+    """Trainable byte-level text encoder: ids [B, L] int, mask [B, L] bool -> context [B, L, dim].
+
+    Embedding of 257 byte ids + learned positions, `depth` pre-LN Transformer blocks, final LayerNorm.
+    Padded positions are zeroed in the output; pass `mask` on as the cross-attention `context_mask`.
+    """
+
+    def __init__(self, dim: int = 128, depth: int = 2, num_heads: int = 4, max_len: int = 64, *, rngs):
+        self.max_len = max_len
+        self.tok = nnx.Embed(BYTE_VOCAB, dim, embedding_metadata=L.meta("vocab", "embed"), rngs=rngs)
+        self.pos = nnx.Param(jax.random.normal(rngs.params(), (max_len, dim)) * 0.02, **L.meta(None, "embed"))
+        self.blocks = nnx.List([TextBlock(dim, num_heads, rngs=rngs) for _ in range(depth)])
+        self.ln = nnx.LayerNorm(dim, scale_metadata=L.meta("norm"), bias_metadata=L.meta("norm"), rngs=rngs)
+
+    def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        if ids.ndim != 2 or ids.shape[1] > self.max_len or mask.shape != ids.shape:
+            raise ValueError(
+                f"ids/mask must be [B, L<= {self.max_len}] and equal shapes; got {ids.shape}, {mask.shape}"
+            )
+        x = self.tok(ids) + self.pos[None, : ids.shape[1]]
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.ln(x) * mask[..., None]
+
+
+def load_npy_embeddings(path: str | os.PathLike, mask_path: str | os.PathLike | None = None):
+    """Load precomputed embeddings from `.npy`: [N, E] (pooled) or [N, L, E] -> (emb [N,L,E] f32, mask).
+
+    mask_path (optional) holds a bool [N, L] mask or int lengths [N]; without it every token is valid.
+    """
+    emb = np.load(path, allow_pickle=False)
+    if emb.ndim == 2:
+        emb = emb[:, None, :]
+    if emb.ndim != 3:
+        raise ValueError(f"{path}: embeddings must be [N, E] or [N, L, E], got shape {emb.shape}")
+    n, length, _ = emb.shape
+    if mask_path is None:
+        mask = np.ones((n, length), bool)
+    else:
+        m = np.load(mask_path, allow_pickle=False)
+        if m.shape == (n,) and np.issubdtype(m.dtype, np.integer):
+            if m.min() < 0 or m.max() > length:
+                raise ValueError(f"{mask_path}: lengths must lie in [0, {length}]")
+            mask = np.arange(length)[None, :] < m[:, None]
+        elif m.shape == (n, length):
+            mask = m.astype(bool)
+        else:
+            raise ValueError(
+                f"{mask_path}: mask must be bool [{n},{length}] or int lengths [{n}], got {m.shape}"
+            )
+    return emb.astype(np.float32), mask
