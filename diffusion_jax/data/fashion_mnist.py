@@ -18,6 +18,7 @@ shuffling is the input pipeline's job (``diffusion_jax.data.pipeline``), per epo
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import struct
@@ -166,10 +167,21 @@ def prepare(data_dir: str | os.PathLike, source_dir: str | os.PathLike = DEBIAN_
     Raises:
       FileNotFoundError: the IDX files are absent (message says ``apt-get install dataset-fashion-mnist``).
     """
-    builder = FashionMnistDebian(
-        data_dir=os.fspath(data_dir), file_format="array_record", source_dir=source_dir
-    )
-    if not builder.is_prepared():
-        check_source_files(source_dir)  # Fail with the apt hint before TFDS creates any directory.
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    data_dir = os.fspath(data_dir)
+    builder = FashionMnistDebian(data_dir=data_dir, file_format="array_record", source_dir=source_dir)
+    if builder.is_prepared():
+        return builder
+    check_source_files(source_dir)  # Fail with the apt hint before TFDS creates any directory.
+    os.makedirs(data_dir, exist_ok=True)
+    # Several processes (hosts sharing a file system, pytest-xdist workers) may call this at once: one
+    # builds while the others wait on the lock, then find the dataset prepared.
+    with open(os.path.join(data_dir, f".{TFDS_NAME}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not builder.is_prepared():
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+                )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return builder
