@@ -1,0 +1,1 @@
+"""Sample-quality metrics: optimal-transport distances (`ot`) and maximum mean discrepancy (`mmd`)."""
