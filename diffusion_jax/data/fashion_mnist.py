@@ -12,7 +12,7 @@ feature type that needs TensorFlow to *encode* is ``tfds.features.Image`` (PNG e
 stored as a raw ``uint8`` ``Tensor`` of shape ``[28, 28, 1]`` (same shape/dtype as the image of TFDS's own
 ``fashion_mnist``; 784 bytes per record, the dataset is ~55 MB on disk).
 
-The builder sets ``disable_shuffling = True`` so record ``k`` of a split is image ``k`` of the IDX file:
+The builder's info sets ``disable_shuffling=True`` so record ``k`` of a split is image ``k`` of the IDX file:
 shuffling is the input pipeline's job (``diffusion_jax.data.pipeline``), per epoch, from a seed.
 """
 
@@ -119,8 +119,6 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Raw uint8 tensors from Debian's dataset-fashion-mnist IDX files."}
-    # Keep file order; shuffling happens per epoch in the grain pipeline.
-    disable_shuffling = True
     # TFDS derives `code_path` (where it looks for a checksums file) through `importlib_resources`, a
     # backport that is not installed here; pinning it to this file skips that lookup (no checksums:
     # nothing is downloaded).
@@ -141,6 +139,8 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
+            # Keep file order; shuffling happens per epoch in the grain pipeline.
+            disable_shuffling=True,
             homepage="https://github.com/zalandoresearch/fashion-mnist",
             citation="Xiao, Rasul, Vollgraf (2017). Fashion-MNIST. arXiv:1708.07747.",
         )

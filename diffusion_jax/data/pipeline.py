@@ -13,7 +13,7 @@ index: a run on 1 process and on 4 processes consume identical global batches.
 
 **TFDS / latents** (``source='tfds'`` or ``'latents'``), a grain ``MapDataset`` chain:
 ``source -> shuffle(shuffle_seed) -> repeat(num_epochs) -> random_map(per-example transform) ->
-process shard -> batch(b)``, then ``to_iter_dataset`` with ``num_threads`` reader threads. Grain shuffles
+this process's rows of each global batch, stacked``, then ``to_iter_dataset`` with ``num_threads`` reader threads. Grain shuffles
 each epoch with its own permutation (seed ``shuffle_seed + epoch``, a Feistel index shuffle, so nothing is
 materialised), and seeds each example's ``np.random.Generator`` from ``(seed, global index)``, which makes
 dequantization/flip noise differ between epochs yet be reproducible. The remainder of the stream that does
@@ -395,11 +395,35 @@ def make_sampler_iterator(
 # grain pieces
 
 
-class _ProcessShard(grain.MapDataset):
-    """Process ``p``'s rows of every global batch: element ``m`` -> parent ``(m // b) B + p b + m % b``.
+class _BatchedReads:
+    """Adapter giving a source with ``__getitems__`` (TFDS, ``LatentSource``) grain's batched-read hook.
 
-    Only whole global batches are kept, so the ``P`` shards are disjoint and together cover the first
-    ``floor(len / B) * B`` elements of the parent.
+    grain reads through ``_getitems`` only for sources that define it; TFDS's ``ArrayRecordDataSource``
+    spells it ``__getitems__``. One ``array_record`` call per batch is ~3x faster than one per example.
+    """
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        return self._source[index]
+
+    def _getitems(self, indices: Sequence[int]):
+        return self._source.__getitems__(list(indices))
+
+    def __repr__(self) -> str:
+        return f"_BatchedReads({self._source!r})"
+
+
+class _ProcessBatches(grain.MapDataset):
+    """Process ``p``'s part of every global batch, stacked: element ``k`` is the numpy batch of parent
+    elements ``k B + p b + r``, ``r = 0..b-1`` (``B`` global, ``b = B / P`` local batch size).
+
+    Only whole global batches exist, so the ``P`` processes' batches are disjoint and together cover the
+    first ``floor(len / B) * B`` parent elements. Reads go through ``_getitems`` (batched source reads).
     """
 
     def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int, process_count: int):
@@ -408,25 +432,24 @@ class _ProcessShard(grain.MapDataset):
         self._local = global_batch // process_count
         self._offset = process_index * self._local
         n = len(parent)
-        self._length = sys.maxsize if n >= sys.maxsize else (n // global_batch) * self._local
+        self._length = sys.maxsize if n >= sys.maxsize else n // global_batch
 
     def __len__(self) -> int:
         return self._length
 
-    def _parent_index(self, index: int) -> int:
-        k, r = divmod(index, self._local)
-        return k * self._global + self._offset + r
+    def parent_indices(self, index: int) -> list[int]:
+        """Global stream indices of the rows of this process's batch ``index``."""
+        start = index * self._global + self._offset
+        return list(range(start, start + self._local))
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        return self._parent[self._parent_index(index)]
-
-    def _getitems(self, indices: Sequence[int]):
-        return self._parent._getitems([self._parent_index(i) for i in indices])  # noqa: SLF001
+        rows = self._parent._getitems(self.parent_indices(index))  # noqa: SLF001
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
     def __str__(self) -> str:
-        return f"_ProcessShard(offset={self._offset}, local={self._local}, global={self._global})"
+        return f"_ProcessBatches(offset={self._offset}, local={self._local}, global={self._global})"
 
 
 def _image_example(example, rng, *, size, resize, flip, dequantize):
@@ -455,15 +478,16 @@ def _latent_example(example):
 
 
 def _grain_batches(source, transform, *, cfg, seed, process_index, process_count, random: bool):
-    """source -> shuffle -> repeat -> (random_)map -> process shard -> batch, as a ``MapDataset``."""
+    """source -> shuffle -> repeat -> (random_)map -> this process's batches, as a ``MapDataset``."""
+    if hasattr(source, "__getitems__") and not hasattr(source, "_getitems"):
+        source = _BatchedReads(source)
     ds = grain.MapDataset.source(source)
     if cfg["shuffle"]:
         shuffle_seed = cfg["shuffle_seed"] if cfg["shuffle_seed"] >= 0 else _derive_seed(seed, 0)
         ds = ds.shuffle(seed=shuffle_seed)
     ds = ds.repeat(cfg["num_epochs"] or None)
     ds = ds.random_map(transform, seed=_derive_seed(seed, 1)) if random else ds.map(transform)
-    ds = _ProcessShard(ds, cfg["batch_size"], process_index, process_count)
-    return ds.batch(cfg["batch_size"] // process_count, drop_remainder=True)
+    return _ProcessBatches(ds, cfg["batch_size"], process_index, process_count)
 
 
 def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
