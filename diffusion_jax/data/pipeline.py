@@ -343,7 +343,7 @@ class SamplerIterator(DataIterator):
         self._seed = int(seed)
         self._step = 0
         self._cpu = jax.devices("cpu")[0]
-        self._draw = jax.jit(functools.partial(_draw_elements, sample_fn, pair_fn, self._local))
+        self._draw = _jitted_draw(sample_fn, pair_fn, self._local)
 
     def __next__(self) -> dict[str, np.ndarray]:
         # Host-side sampling: keep the tiny per-batch computation off accelerators.
@@ -358,6 +358,13 @@ class SamplerIterator(DataIterator):
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._check_state(state)
         self._step = int(state["step"])
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_draw(sample_fn, pair_fn, n):
+    # One compiled function per (sampler, pair sampler, local batch): iterators re-created on resume or per
+    # process reuse it instead of recompiling.
+    return jax.jit(functools.partial(_draw_elements, sample_fn, pair_fn, n))
 
 
 def _draw_elements(sample_fn, pair_fn, n, seed, step, offset):
@@ -404,6 +411,7 @@ class _BatchedReads:
 
     def __init__(self, source):
         self._source = source
+        self._batched = True
 
     def __len__(self) -> int:
         return len(self._source)
@@ -412,7 +420,14 @@ class _BatchedReads:
         return self._source[index]
 
     def _getitems(self, indices: Sequence[int]):
-        return self._source.__getitems__(list(indices))
+        if self._batched:
+            try:
+                return self._source.__getitems__(list(indices))
+            except TypeError:
+                # tfds 4.9.10's `tfds.testing.mock_data` installs a `__getitems__` with the wrong
+                # signature; per-example reads return the same elements.
+                self._batched = False
+        return [self._source[i] for i in indices]
 
     def __repr__(self) -> str:
         return f"_BatchedReads({self._source!r})"
