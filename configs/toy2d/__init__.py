@@ -1,0 +1,1 @@
+"""2-D toy experiments: one config per formulation, identical in everything else."""

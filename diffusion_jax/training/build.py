@@ -1,0 +1,124 @@
+"""Build the pieces of a run from its config: network, loss, optimizer, train state, batches.
+
+One place turns a config into (graphdef, params, rest, net_fn, loss_fn, denoiser, optimizer, state),
+so training, evaluation and checkpoint loading build exactly the same objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from diffusion_jax.training.state import TrainState, init_train_state, make_optimizer
+from diffusion_jax.training.step import with_compute_dtype
+
+
+@dataclasses.dataclass
+class Network:
+    """A split network: `net_fn(params, z, t_in, cond, rng) -> out` is pure in `params`."""
+
+    graphdef: Any
+    params: Any
+    rest: Any
+    net_fn: Callable
+
+
+def build_network(cfg, *, compute_dtype: str | None = None) -> Network:
+    """Instantiate `cfg.model` with seed `cfg.seed` and split it (models.functional).
+
+    Args:
+      compute_dtype: wrap net_fn for mixed precision (None -> `cfg.training.compute_dtype`).
+    """
+    from diffusion_jax.models import build_model
+    from diffusion_jax.models.functional import make_net_fn, split
+
+    model = build_model(cfg.model, rngs=nnx.Rngs(int(cfg.seed)))
+    graphdef, params, rest = split(model)
+    net_fn = make_net_fn(graphdef, rest)
+    dtype = cfg.training.compute_dtype if compute_dtype is None else compute_dtype
+    return Network(graphdef, params, rest, with_compute_dtype(net_fn, dtype))
+
+
+def build_loss(cfg, net_fn: Callable):
+    """`objectives.make_loss(cfg.objective, net_fn) -> (loss_fn, denoiser)` (the null label of CFG
+    dropout defaults to `model.num_classes`)."""
+    from diffusion_jax import objectives
+
+    num_classes = int(cfg.model.get("num_classes", 0) or 0)
+    return objectives.make_loss(cfg.objective, net_fn, num_classes=num_classes or None)
+
+
+def init_key(seed: int) -> jax.Array:
+    """Base key of the training noise; an independent stream from the parameter init (seed)."""
+    return jax.random.fold_in(jax.random.key(int(seed)), 0x7A11)
+
+
+def build_state(cfg, params) -> tuple[TrainState, optax.GradientTransformation]:
+    """A fresh TrainState (host arrays) and its optimizer."""
+    tx = make_optimizer(cfg.training)
+    return init_train_state(params, tx, cfg.training, init_key(cfg.seed)), tx
+
+
+def to_model_batch(batch: dict) -> dict:
+    """Data-pipeline batch -> objective batch: `image` becomes `x`; a toy pair's `x0` (a sample of
+    the source distribution, which sits at t = 1 in our convention) becomes `noise`."""
+    out = {}
+    for k, v in batch.items():
+        if k == "image":
+            out["x"] = v
+        elif k == "x0":
+            out["noise"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def data_shape(cfg) -> tuple[int, ...]:
+    """Per-sample shape of the data the model sees ([2] for toys, [H, W, C] for images)."""
+    d = cfg.data
+    if d.source == "toy2d":
+        return (2,)
+    if d.source == "tfds":
+        from diffusion_jax.data.pipeline import TFDS_DATASETS
+
+        h, w, c = TFDS_DATASETS[d.name].image_shape
+        size = d.image_size or h
+        return (size, size if d.image_size else w, d.num_channels or c)
+    shape = cfg.model.get("input_shape", None)
+    if shape is None:
+        raise ValueError("data.source='latents' needs model.input_shape to know the latent shape")
+    return tuple(int(s) for s in shape)
+
+
+def as_numpy(tree):
+    """Device arrays -> host numpy (fully replicated or addressable arrays only)."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+__all__ = [
+    "Network",
+    "as_numpy",
+    "build_loss",
+    "build_network",
+    "build_state",
+    "data_shape",
+    "init_key",
+    "to_model_batch",
+]
+
+
+def expand_shardings(shardings, tree):
+    """Expand a sharding pytree that is a prefix of `tree` (e.g. one NamedSharding per NNX
+    Variable, as `sharding.state_shardings` returns) to `tree`'s full structure."""
+    treedef = jax.tree.structure(tree)
+    subtrees = jax.tree.structure(shardings).flatten_up_to(tree)
+    flat = []
+    for sh, sub in zip(jax.tree.leaves(shardings), subtrees, strict=True):
+        flat.extend([sh] * len(jax.tree.leaves(sub)))
+    return jax.tree.unflatten(treedef, flat)

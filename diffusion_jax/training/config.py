@@ -1,0 +1,148 @@
+"""Config validation: every section checked before anything is built or compiled.
+
+`validate_config(cfg)` raises ValueError naming the offending field and, for choices, the valid
+values. The `data`, `objective` and `model` sections are checked by their owners' validators
+(`data.pipeline.validate_data_config`, `objectives`, `models`) when available.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+EVAL_METRICS = ("w2", "mmd", "sinkhorn")
+
+
+def _check_choice(value, valid, field):
+    if value not in valid:
+        raise ValueError(f"{field}={value!r} is invalid; valid choices: {list(valid)}")
+
+
+def _check_int(value, field, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{field}={value!r} must be an integer >= {minimum}")
+
+
+def _check_number(value, field, lo=None, hi=None, lo_open=False, hi_open=False):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}={value!r} must be a number")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{field}={value!r} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{field}={value!r} must be {'<' if hi_open else '<='} {hi}")
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check the config before anything is built or compiled; returns it unchanged.
+
+    Raises ValueError naming the field and, for choices, listing the valid values. Checks the
+    `training`, `mesh`, `sampling` and `eval` sections here, and the `objective` / `model` / `data`
+    sections through their owners' validators when those modules provide one.
+    """
+    for section in ("model", "data", "objective", "training", "mesh", "sampling"):
+        if section not in cfg:
+            raise ValueError(
+                f"config has no section {section!r}; expected sections: seed, model, data, "
+                "objective, training, mesh, sampling, eval"
+            )
+    _check_int(cfg.seed, "seed", 0)
+    t = cfg.training
+    _check_int(t.num_steps, "training.num_steps", 0)
+    _check_choice(t.optimizer, OPTIMIZERS, "training.optimizer")
+    _check_choice(t.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
+    _check_choice(t.compute_dtype, COMPUTE_DTYPES, "training.compute_dtype")
+    _check_number(t.lr, "training.lr", lo=0.0, lo_open=True)
+    _check_int(t.warmup_steps, "training.warmup_steps", 0)
+    _check_number(t.weight_decay, "training.weight_decay", lo=0.0)
+    _check_number(t.b1, "training.b1", lo=0.0, hi=1.0, hi_open=True)
+    _check_number(t.b2, "training.b2", lo=0.0, hi=1.0, hi_open=True)
+    _check_number(t.grad_clip, "training.grad_clip")
+    _check_int(t.grad_accum, "training.grad_accum", 1)
+    if not isinstance(t.ema_decays, tuple | list):
+        raise ValueError(f"training.ema_decays={t.ema_decays!r} must be a tuple of decays in [0, 1)")
+    for i, d in enumerate(t.ema_decays):
+        _check_number(d, f"training.ema_decays[{i}]", lo=0.0, hi=1.0, hi_open=True)
+    if len(set(t.ema_decays)) != len(t.ema_decays):
+        raise ValueError(f"training.ema_decays={tuple(t.ema_decays)} has duplicates")
+    if t.ema_power is not None:
+        # gamma > -1 keeps the profile t^gamma integrable (Karras et al. 2024, eq. 2).
+        _check_number(t.ema_power, "training.ema_power", lo=-1.0, lo_open=True)
+    _check_int(t.max_nonfinite_in_a_row, "training.max_nonfinite_in_a_row", 0)
+    for f in ("log_every", "ckpt_every"):
+        _check_int(t[f], f"training.{f}", 1)
+    for f in ("keep",):
+        _check_int(t[f], f"training.{f}", 1)
+    for f in ("keep_every", "sample_every", "eval_every"):
+        _check_int(t[f], f"training.{f}", 0)
+
+    for axis, size in cfg.mesh.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(f"mesh.{axis}={size!r} must be a positive integer or -1 (all remaining devices)")
+    if sum(1 for v in cfg.mesh.values() if v == -1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(cfg.mesh)}")
+
+    s = cfg.sampling
+    _check_int(s.num_steps, "sampling.num_steps", 1)
+    _check_int(s.num_samples, "sampling.num_samples", 1)
+    _check_int(s.seed, "sampling.seed", 0)
+    _check_number(s.guidance_scale, "sampling.guidance_scale")
+    _validate_sampling_names(s)
+
+    if "eval" in cfg:
+        _check_int(cfg.eval.num_samples, "eval.num_samples", 2)
+        for mname in cfg.eval.metrics:
+            _check_choice(mname, EVAL_METRICS, "eval.metrics[]")
+
+    _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    _validate_objective(cfg.objective)
+    _validate_batch(cfg, t)
+    return cfg
+
+
+def _validate_sampling_names(s):
+    try:
+        from diffusion_jax.samplers import registry
+    except ImportError:  # the samplers package is optional for training-only checks
+        return
+    names = getattr(registry, "SAMPLERS", None)
+    if names is not None:
+        _check_choice(s.sampler, tuple(names), "sampling.sampler")
+    try:
+        from diffusion_jax.samplers import grids
+    except ImportError:
+        return
+    gnames = getattr(grids, "GRIDS", None)
+    if gnames is not None:
+        _check_choice(s.grid, tuple(gnames), "sampling.grid")
+
+
+def _validate_objective(obj):
+    from diffusion_jax import objectives
+
+    objectives.validate_objective_config(obj)
+
+
+def _validate_model(model_cfg):
+    from diffusion_jax.models import complete_config
+
+    complete_config(model_cfg)
+
+
+def _validate_data(data_cfg):
+    from diffusion_jax.data.pipeline import validate_data_config
+
+    validate_data_config(data_cfg)
+
+
+def _validate_batch(cfg, t):
+    bs = cfg.data.batch_size
+    if bs % t.grad_accum:
+        raise ValueError(f"data.batch_size={bs} is not divisible by training.grad_accum={t.grad_accum}")
+    if cfg.objective.get("label_dropout", 0.0) > 0 and not cfg.model.get("num_classes", 0):
+        raise ValueError(
+            f"objective.label_dropout={cfg.objective.label_dropout} (classifier-free guidance) needs a "
+            "class-conditional model: set model.num_classes > 0"
+        )
