@@ -67,9 +67,13 @@ class Runtime:
     host_state: TrainState
 
 
-def build_runtime(cfg) -> Runtime:
-    """Mesh, network, loss, optimizer, fresh host state, shardings and the jitted step for `cfg`."""
-    mesh = sharding.make_mesh(cfg.mesh)
+def build_runtime(cfg, devices=None) -> Runtime:
+    """Mesh, network, loss, optimizer, fresh host state, shardings and the jitted step for `cfg`.
+
+    devices: the devices of the mesh (default: all, `jax.devices()`); the mesh sizes in `cfg.mesh`
+    must multiply to their number (one size may be -1).
+    """
+    mesh = sharding.make_mesh(cfg.mesh, devices=devices)
     rules = sharding.rules_from_config(cfg, mesh)
     net = build_network(cfg)
     loss_fn, denoiser = build_loss(cfg, net.net_fn)
@@ -117,6 +121,7 @@ def train(
     data_source=None,
     progress: bool = True,
     eval_fn: Callable | None = None,
+    devices=None,
 ) -> TrainResult:
     """Train (or resume) the run in `workdir` to `cfg.training.num_steps`.
 
@@ -129,6 +134,7 @@ def train(
       progress: show a tqdm bar (steps/s, ETA) on process 0.
       eval_fn: `eval_fn(runtime, state, step, workdir, logger)` for sample_every / eval_every
         (default: `training.periodic.run_periodic`).
+      devices: mesh devices (default all; e.g. `jax.devices()[:1]` for a single-device run).
     Returns: TrainResult. Raises `step.NonFiniteError` after too many non-finite updates in a row.
     """
     from diffusion_jax.data.pipeline import make_iterator
@@ -139,7 +145,7 @@ def train(
     os.makedirs(workdir, exist_ok=True)
     ckpt_lib.save_config(cfg, workdir)
 
-    rt = build_runtime(cfg)
+    rt = build_runtime(cfg, devices)
     pid, nproc = jax.process_index(), jax.process_count()
     it = make_iterator(
         cfg.data, process_index=pid, process_count=nproc, seed=int(cfg.seed), source=data_source
@@ -219,7 +225,12 @@ def train(
             if bar is not None:
                 bar.update(1)
             if _should(step, int(t.ckpt_every)) and step < num_steps:
-                ckpt.save(step, state, ckpt_lib.gather_data_states(it.get_state()))
+                # A state whose last update was skipped may be the start of a divergence: saving it
+                # could rotate good checkpoints out (keep-N), so periodic saves wait for a finite one.
+                if int(np.asarray(state.nonfinite_in_a_row)) == 0:
+                    ckpt.save(step, state, ckpt_lib.gather_data_states(it.get_state()))
+                else:
+                    log.warning("step %d: last update was non-finite; skipping this checkpoint", step)
             if _should(step, int(t.sample_every)) or _should(step, int(t.eval_every)):
                 consume(*pending)
                 pending = None

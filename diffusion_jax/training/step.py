@@ -120,7 +120,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, training_
     def step(state: TrainState, batch: dict):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, metrics, grads = loss_and_grads(state.params, batch, key)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
