@@ -251,3 +251,15 @@ def test_sampler_iterator_accepts_any_sampler():
     np.testing.assert_allclose(x.std(0), 2.0, atol=5 * 2 / math.sqrt(2 * 4096))
     with pytest.raises(ValueError, match="divisible"):
         pipeline.make_sampler_iterator(fn, batch_size=5, process_count=2)
+
+
+def test_example_spec_matches_the_batches():
+    src = ArraySource(_random_images(8))
+    cfg = _cfg(4, image_size=32, resize="pad")
+    batch = next(pipeline.make_iterator(cfg, source=src))
+    spec = pipeline.example_spec(cfg)
+    assert spec == {"image": ((32, 32, 1), np.float32), "label": ((), np.int32)}
+    for key, (shape, dtype) in spec.items():
+        assert batch[key].shape == (4, *shape) and batch[key].dtype == dtype
+    toy = pipeline.default_data_config("toy2d", "moons", 4, pair_with="8gaussians")
+    assert pipeline.example_spec(toy) == {"x": ((2,), np.float32), "x0": ((2,), np.float32)}

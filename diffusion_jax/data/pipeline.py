@@ -253,6 +253,32 @@ def validate_data_config(
         raise ValueError(f"data.data_dir={cfg['data_dir']!r} must be a string ('' for the default)")
 
 
+def example_spec(
+    data_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Per-example ``{key: (shape, dtype)}`` of the batches ``make_iterator(data_cfg)`` yields (no batch axis).
+
+    For building models and sharding specs before any data is read; ``latents`` opens the cache file to
+    read the latent shape. Example: fashion_mnist -> ``{'image': ((28, 28, 1), float32), 'label': ((),
+    int32)}``; toy2d with ``pair_with`` -> ``{'x': ((2,), float32), 'x0': ((2,), float32)}``.
+    """
+    validate_data_config(data_cfg)
+    source, name = data_cfg["source"], data_cfg["name"]
+    if source == "toy2d":
+        spec = {"x": ((2,), np.float32)}
+        if data_cfg["pair_with"]:
+            spec["x0"] = ((2,), np.float32)
+        return spec
+    if source == "latents":
+        src = latents.LatentSource(data_cfg["latents_path"])
+        spec = {"x": (src.latent_shape, np.float32)}
+        return {**spec, "label": ((), np.int32)} if src.has_labels else spec
+    h, _, c = TFDS_DATASETS[name].image_shape
+    size = data_cfg["image_size"] or h
+    spec = {"image": ((size, size, c), np.float32)}
+    return {**spec, "label": ((), np.int32)} if TFDS_DATASETS[name].num_classes else spec
+
+
 def _derive_seed(seed: int, stream: int) -> int:
     """A 32-bit seed for an independent random stream (``stream`` 0, 1, ...) of the run seed ``seed``."""
     return int(np.random.SeedSequence([int(seed) % 2**63, stream]).generate_state(1, np.uint32)[0])
