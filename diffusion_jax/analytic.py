@@ -29,6 +29,7 @@ All methods take samples as [B, D] (flatten images first) and t as a scalar or [
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -104,18 +105,19 @@ class GaussianMixture:
     # --- constructors -----------------------------------------------------------------------------
     @classmethod
     def isotropic(cls, weights, means, stds, dtype=None) -> GaussianMixture:
-        """Components N(means_k, stds_k^2 I). weights [K], means [K, D], stds [K] or scalar."""
+        """Components N(means_k, stds_k^2 I). weights [K], means [K, D], stds [K] or scalar (concrete
+        values: built in numpy, so no per-op compilation outside jit)."""
         dtype = dtype or jnp.result_type(float)
-        means = jnp.asarray(means, dtype)
+        means = np.asarray(means, np.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape [K, D], got {tuple(means.shape)}")
         k, d = means.shape
-        stds = jnp.broadcast_to(jnp.asarray(stds, dtype), (k,))
-        weights = jnp.asarray(weights, dtype)
+        stds = np.broadcast_to(np.asarray(stds, np.float64), (k,))
+        weights = np.asarray(weights, np.float64)
         if weights.shape != (k,):
             raise ValueError(f"weights must have shape ({k},) to match means {tuple(means.shape)}")
-        covs = stds[:, None, None] ** 2 * jnp.eye(d, dtype=dtype)
-        return cls(weights=weights, means=means, covs=covs)
+        covs = stds[:, None, None] ** 2 * np.eye(d)
+        return cls(*(jnp.asarray(a, dtype) for a in (weights, means, covs)))
 
     @property
     def dim(self) -> int:
@@ -147,6 +149,7 @@ class GaussianMixture:
         return m, jnp.einsum("k,kij->ij", w, self.covs) + jnp.einsum("k,ki,kj->ij", w, dm, dm)
 
     # --- sampling and density ---------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=2)
     def sample(self, key: Array, n: int) -> Array:
         """n exact samples [n, D]: component by categorical draw, then mean + U sqrt(l) eps."""
         k1, k2 = jax.random.split(key)
@@ -166,6 +169,7 @@ class GaussianMixture:
         logn = -0.5 * jnp.sum(_LOG_2PI + jnp.log(d) + r**2 / d, axis=-1)
         return logn, r, d, lam, u
 
+    @jax.jit
     def log_prob(self, x: Array) -> Array:
         """Exact log-density [n] at x [n, D] (needs non-singular covariances)."""
         x = _check_samples(x, self.dim, "x")
@@ -183,6 +187,7 @@ class GaussianMixture:
         return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s**2 * eye)
 
     # --- exact posterior quantities ---------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=3)
     def x0_eps(self, z: Array, t, schedule: Schedule) -> tuple[Array, Array]:
         """Exact (E[x | z_t], E[eps | z_t]), each [B, D], at z [B, D] and t () or [B].
 
@@ -202,6 +207,7 @@ class GaussianMixture:
         """Exact E[x | z_t] [B, D] (Tweedie)."""
         return self.x0_eps(z, t, schedule)[0]
 
+    @functools.partial(jax.jit, static_argnums=3)
     def score(self, z: Array, t, schedule: Schedule) -> Array:
         """Exact grad log p_t(z) [B, D] = -sum_k resp_k U_k (r_k / d_k) (no division by sigma)."""
         z = _check_samples(z, self.dim)
@@ -232,16 +238,17 @@ class Gaussian:
     def isotropic(cls, mean, std, dtype=None) -> Gaussian:
         """N(mean, std^2 I). mean [D], std scalar."""
         dtype = dtype or jnp.result_type(float)
-        mean = jnp.asarray(mean, dtype)
+        mean = np.asarray(mean, np.float64)
         if mean.ndim != 1:
             raise ValueError(f"mean must have shape [D], got {tuple(mean.shape)}")
-        return cls(mean, jnp.asarray(std, dtype) ** 2 * jnp.eye(mean.shape[0], dtype=dtype))
+        cov = float(std) ** 2 * np.eye(mean.shape[0])
+        return cls(jnp.asarray(mean, dtype), jnp.asarray(cov, dtype))
 
     @classmethod
     def standard(cls, dim: int, dtype=None) -> Gaussian:
         """N(0, I) in `dim` dimensions."""
         dtype = dtype or jnp.result_type(float)
-        return cls(jnp.zeros((dim,), dtype), jnp.eye(dim, dtype=dtype))
+        return cls(jnp.asarray(np.zeros(dim), dtype), jnp.asarray(np.eye(dim), dtype))
 
     @property
     def dim(self) -> int:
@@ -257,10 +264,12 @@ class Gaussian:
         """(E[x] [D], Cov[x] [D, D])."""
         return self.mean, self.cov
 
+    @functools.partial(jax.jit, static_argnums=2)
     def sample(self, key: Array, n: int) -> Array:
         """n exact samples [n, D]."""
         return self.as_mixture().sample(key, n)
 
+    @jax.jit
     def log_prob(self, x: Array) -> Array:
         """Exact log-density [n] at x [n, D]."""
         return self.as_mixture().log_prob(x)
@@ -270,6 +279,7 @@ class Gaussian:
         m = self.as_mixture().marginal(schedule, t)
         return Gaussian(m.means[0], m.covs[0])
 
+    @functools.partial(jax.jit, static_argnums=3)
     def x0_eps(self, z: Array, t, schedule: Schedule) -> tuple[Array, Array]:
         """Exact (E[x | z_t], E[eps | z_t]) [B, D]: mean + a S (a^2 S + s^2 I)^{-1} (z - a mean), via the
         eigenbasis of S (see module docstring)."""
@@ -279,6 +289,7 @@ class Gaussian:
         """Exact E[x | z_t] [B, D]."""
         return self.x0_eps(z, t, schedule)[0]
 
+    @functools.partial(jax.jit, static_argnums=3)
     def score(self, z: Array, t, schedule: Schedule) -> Array:
         """Exact grad log p_t(z) = -(a^2 S + s^2 I)^{-1} (z - a mean), [B, D]."""
         return self.as_mixture().score(z, t, schedule)
@@ -318,6 +329,7 @@ class Empirical:
         dm = self.data - m
         return m, dm.T @ dm / self.data.shape[0]
 
+    @functools.partial(jax.jit, static_argnums=2)
     def sample(self, key: Array, n: int) -> Array:
         """n rows drawn uniformly with replacement, [n, D]."""
         idx = jax.random.randint(key, (n,), 0, self.data.shape[0])
@@ -345,6 +357,7 @@ class Empirical:
         logits = (a2 * (z @ self.data.T) - 0.5 * a2**2 * sq[None]) / s2**2
         return jax.nn.softmax(logits, axis=-1), a2, s2
 
+    @functools.partial(jax.jit, static_argnums=3)
     def x0_eps(self, z: Array, t, schedule: Schedule) -> tuple[Array, Array]:
         """(E[x | z_t], E[eps | z_t]) [B, D]; eps = (z - a x0) / s (exact for the Dirac mixture)."""
         w, a, s = self._resp(z, t, schedule)
@@ -355,6 +368,7 @@ class Empirical:
         """Exact E[x | z_t] [B, D]: the softmax-weighted mean of the data points."""
         return self.x0_eps(z, t, schedule)[0]
 
+    @functools.partial(jax.jit, static_argnums=3)
     def score(self, z: Array, t, schedule: Schedule) -> Array:
         """Exact grad log p_t(z) = (a E[x|z] - z) / s^2, [B, D]."""
         w, a, s = self._resp(z, t, schedule)
@@ -391,13 +405,21 @@ def random_gmm(
     key: Array, num_components: int = 4, dim: int = 2, scale: float = 2.0, min_std: float = 0.1, dtype=None
 ) -> GaussianMixture:
     """A random mixture with full covariances: means ~ N(0, scale^2 I), covs = A A^T / D + min_std^2 I
-    with A standard normal, weights ~ Dirichlet(2). Deterministic in `key`."""
+    with A ~ N(0, 1/4), weights uniform in [0.5, 1.5] then normalised. Deterministic in `key`."""
     dtype = dtype or jnp.result_type(float)
+    return _random_gmm_impl(
+        key, int(num_components), int(dim), float(scale), float(min_std), jnp.dtype(dtype)
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _random_gmm_impl(key, num_components, dim, scale, min_std, dtype) -> GaussianMixture:
     k1, k2, k3 = jax.random.split(key, 3)
     means = scale * jax.random.normal(k1, (num_components, dim), dtype)
     a = 0.5 * jax.random.normal(k2, (num_components, dim, dim), dtype)
     covs = a @ jnp.swapaxes(a, -1, -2) / dim + min_std**2 * jnp.eye(dim, dtype=dtype)
-    weights = jax.random.dirichlet(k3, 2.0 * jnp.ones((num_components,), dtype)).astype(dtype)
+    weights = jax.random.uniform(k3, (num_components,), dtype, 0.5, 1.5)
+    weights = weights / jnp.sum(weights)
     return GaussianMixture(weights, means, covs)
 
 
