@@ -1,6 +1,6 @@
 """Shared layers for the denoiser networks (Flax NNX).
 
-Every parameter carries logical axis names (`sharding_names` metadata, never eagerly sharded) so
+Every parameter carries logical axis names (`out_sharding` metadata, never eagerly sharded) so
 that `diffusion_jax.training.sharding` can map them onto a device mesh by rule. Logical names used:
 `embed` (model width, input side), `mlp` (output side of a dense layer), `conv_in` / `conv_out`
 (convolution channels), `vocab` (embedding rows), `norm` (norm scales/biases).
@@ -30,7 +30,7 @@ class FixedParam(nnx.Variable):
 
 def meta(*names: str | None) -> dict:
     """Variable metadata holding logical axis names (no eager sharding at construction)."""
-    return {"sharding_names": tuple(names), "eager_sharding": False}
+    return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
 def count_params(model_or_state) -> int:

@@ -61,7 +61,9 @@ class MLP(nnx.Module):
         )
         init = nnx.initializers.lecun_normal()
         dims = [cfg.dim + t_feats] + [cfg.width] * cfg.num_layers
-        self.hidden = nnx.List([L.linear(a, b, rngs=rngs, init=init) for a, b in zip(dims[:-1], dims[1:])])
+        self.hidden = nnx.List(
+            [L.linear(a, b, rngs=rngs, init=init) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
         self.out = L.linear(cfg.width, cfg.out_dim or cfg.dim, rngs=rngs, init=init)
         self.num_classes = cfg.num_classes
         self.label_emb = (
