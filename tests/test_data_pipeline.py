@@ -194,7 +194,7 @@ class _Untouchable:
         ({"resize": "nearest"}, {}, "bilinear"),
         ({"num_epochs": -1}, {}, "num_epochs"),
         ({"shuffle_seed": 2**32}, {}, "shuffle_seed"),
-        ({"source": "hf"}, {}, "toy2d.*tfds.*latents"),
+        ({"source": "hf"}, {}, "toy2d.*analytic.*tfds.*latents"),
         ({}, {"process_index": 2, "process_count": 2}, "process_index"),
     ],
 )
@@ -263,3 +263,19 @@ def test_example_spec_matches_the_batches():
         assert batch[key].shape == (4, *shape) and batch[key].dtype == dtype
     toy = pipeline.default_data_config("toy2d", "moons", 4, pair_with="8gaussians")
     assert pipeline.example_spec(toy) == {"x": ((2,), np.float32), "x0": ((2,), np.float32)}
+
+
+def test_analytic_source_draws_the_mixture_and_any_sampler_works():
+    from diffusion_jax import analytic
+
+    cfg = pipeline.default_data_config("analytic", "gmm_2d_ring", 4096)
+    assert pipeline.example_spec(cfg) == {"x": ((2,), np.float32)}
+    x = next(pipeline.make_iterator(cfg, seed=0))["x"].astype(np.float64)
+    mean, cov = (np.asarray(a, np.float64) for a in analytic.gmm_2d_ring().moments())
+    assert np.all(np.abs(x.mean(0) - mean) < 5 * np.sqrt(np.diag(cov) / 4096))
+    np.testing.assert_allclose(np.cov(x.T), cov, atol=0.15)  # ~5 SE of a 4096-sample covariance.
+    with pytest.raises(ValueError, match="gmm_1d.*gmm_2d_ring"):
+        pipeline.default_data_config("analytic", "ring")
+    # An unhashable sampler (bound method of a pytree dataclass) is fine too.
+    it = pipeline.make_sampler_iterator(analytic.gmm_1d().sample, batch_size=8, seed=1)
+    assert next(it)["x"].shape == (8, 1)

@@ -21,14 +21,14 @@ not fill a global batch is dropped (for a 1-epoch eval pass choose ``batch_size`
 The iterator state is grain's (``{'next_index': k}``, the next per-process batch): restoring it resumes
 with exactly the same batches.
 
-**Samplers** (``source='toy2d'``, or ``make_sampler_iterator`` for any ``fn(key, n) -> [n, d]``, e.g. an
+**Samplers** (``source='toy2d'`` or ``'analytic'``, or ``make_sampler_iterator`` for any ``fn(key, n) -> [n, d]``, e.g. an
 analytic Gaussian mixture): infinite; element ``r`` of global batch ``k`` is drawn from key
 ``fold_in(fold_in(key(seed), k), r)``, so batch ``k`` of process ``p`` depends only on
 ``(seed, k, p)`` (and ``b``); the state is ``{'step': k}``.
 
 Batches: ``{'image': float32 [b, H, W, C], 'label': int32 [b]}`` (TFDS; ``label`` when the dataset has
 one), ``{'x': float32 [b, ...], 'label': int32 [b]}`` (latents), ``{'x': float32 [b, 2]}`` plus
-``'x0'`` when ``pair_with`` is set (toy2d).
+``'x0'`` when ``pair_with`` is set (toy2d), ``{'x': float32 [b, D]}`` (analytic).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import numpy as np
 
 from diffusion_jax.data import fashion_mnist, latents, toy2d, transforms
 
-SOURCES = ("toy2d", "tfds", "latents")
+SOURCES = ("toy2d", "analytic", "tfds", "latents")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +118,9 @@ def default_data_config(
 
     Fields (integer sentinels instead of None so command-line overrides keep a type):
 
-    - ``source``: ``'toy2d'`` | ``'tfds'`` | ``'latents'``.
-    - ``name``: toy2d: a ``toy2d.TOY_SAMPLERS`` key; tfds: a ``TFDS_DATASETS`` key; latents: free text.
+    - ``source``: ``'toy2d'`` | ``'analytic'`` | ``'tfds'`` | ``'latents'``.
+    - ``name``: toy2d: a ``toy2d.TOY_SAMPLERS`` key; analytic: an ``analytic.DISTRIBUTIONS`` key (built
+      with its default arguments, e.g. ``gmm_2d_ring``); tfds: a ``TFDS_DATASETS`` key; latents: free text.
     - ``pair_with``: toy2d only; ``''`` or a toy name whose samples are added as ``'x0'`` (source of a
       toy-to-toy flow, e.g. ``name='moons', pair_with='8gaussians'``).
     - ``split``: TFDS split (``'train'``; slices like ``'train[:1000]'`` allowed).
@@ -206,6 +207,10 @@ def validate_data_config(
             )
     elif cfg["pair_with"]:
         raise ValueError(f"data.pair_with is only for source='toy2d' (source={source!r})")
+    if source == "analytic":
+        valid = _analytic_names()
+        if name not in valid:
+            raise ValueError(f"data.name={name!r} is not an analytic distribution; valid: {valid}")
     if source == "tfds":
         if name not in TFDS_DATASETS:
             raise ValueError(f"data.name={name!r} is not a TFDS dataset; valid: {sorted(TFDS_DATASETS)}")
@@ -269,6 +274,8 @@ def example_spec(
         if data_cfg["pair_with"]:
             spec["x0"] = ((2,), np.float32)
         return spec
+    if source == "analytic":
+        return {"x": ((analytic_sampler(name).dim,), np.float32)}
     if source == "latents":
         src = latents.LatentSource(data_cfg["latents_path"])
         spec = {"x": (src.latent_shape, np.float32)}
@@ -277,6 +284,29 @@ def example_spec(
     size = data_cfg["image_size"] or h
     spec = {"image": ((size, size, c), np.float32)}
     return {**spec, "label": ((), np.int32)} if TFDS_DATASETS[name].num_classes else spec
+
+
+def _analytic_names() -> list[str]:
+    from diffusion_jax import analytic  # Deferred: only analytic configs need it.
+
+    return sorted(analytic.DISTRIBUTIONS)
+
+
+@functools.cache
+def analytic_sampler(name: str) -> Callable[[jax.Array, int], jax.Array]:
+    """``fn(key, n) -> [n, D]`` exact samples of ``analytic.get_distribution(name)`` (default arguments).
+
+    Cached per name so that iterators re-created (resume, several processes) share one compiled sampler.
+    """
+    from diffusion_jax import analytic
+
+    dist = analytic.get_distribution(name)
+
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        return dist.sample(key, n)
+
+    sample.dim = int(dist.dim)
+    return sample
 
 
 def _derive_seed(seed: int, stream: int) -> int:
@@ -386,8 +416,15 @@ class SamplerIterator(DataIterator):
         self._step = int(state["step"])
 
 
-@functools.lru_cache(maxsize=64)
 def _jitted_draw(sample_fn, pair_fn, n):
+    try:
+        return _cached_jitted_draw(sample_fn, pair_fn, n)
+    except TypeError:  # Unhashable sampler (e.g. a bound method of a pytree dataclass): no caching.
+        return jax.jit(functools.partial(_draw_elements, sample_fn, pair_fn, n))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_jitted_draw(sample_fn, pair_fn, n):
     # One compiled function per (sampler, pair sampler, local batch): iterators re-created on resume or per
     # process reuse it instead of recompiling.
     return jax.jit(functools.partial(_draw_elements, sample_fn, pair_fn, n))
@@ -591,6 +628,15 @@ def make_iterator(
             seed=seed,
             pair_fn=toy2d.get_toy_sampler(pair) if pair else None,
             source="toy2d",
+        )
+    if kind == "analytic":
+        return SamplerIterator(
+            analytic_sampler(cfg["name"]),
+            batch_size=cfg["batch_size"],
+            process_index=process_index,
+            process_count=process_count,
+            seed=seed,
+            source="analytic",
         )
     common = dict(cfg=cfg, seed=seed, process_index=process_index, process_count=process_count)
     if kind == "latents":
