@@ -279,3 +279,9 @@ def test_analytic_source_draws_the_mixture_and_any_sampler_works():
     # An unhashable sampler (bound method of a pytree dataclass) is fine too.
     it = pipeline.make_sampler_iterator(analytic.gmm_1d().sample, batch_size=8, seed=1)
     assert next(it)["x"].shape == (8, 1)
+
+
+def test_unprepared_external_dataset_explains_how_to_build_it(tmp_path):
+    cfg = pipeline.default_data_config("tfds", "cifar10", 8, data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
+        pipeline.make_iterator(cfg)

@@ -583,7 +583,15 @@ def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
     data_dir = data_cfg["data_dir"] or default_data_dir()
     if spec.prepare is not None and data_cfg["prepare"]:
         spec.prepare(data_dir)
-    return tfds.data_source(spec.tfds_name, split=data_cfg["split"], data_dir=data_dir, download=False)
+    try:
+        return tfds.data_source(spec.tfds_name, split=data_cfg["split"], data_dir=data_dir, download=False)
+    except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+        # TFDS reports a missing dataset as "FileFormat.TFRECORD is not supported": say what to do instead.
+        raise FileNotFoundError(
+            f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as array_record "
+            f"in data_dir={data_dir!r}. This project never downloads; build it where TensorFlow is installed "
+            f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there."
+        ) from e
 
 
 def make_iterator(
