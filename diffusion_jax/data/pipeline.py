@@ -12,19 +12,20 @@ processes in process order gives exactly the batch a single process would see, a
 index: a run on 1 process and on 4 processes consume identical global batches.
 
 **TFDS / latents** (``source='tfds'`` or ``'latents'``), a grain ``MapDataset`` chain:
-``source -> shuffle(shuffle_seed) -> repeat(num_epochs) -> random_map(per-example transform) ->
-this process's rows of each global batch, stacked``, then ``to_iter_dataset`` with ``num_threads`` reader threads. Grain shuffles
-each epoch with its own permutation (seed ``shuffle_seed + epoch``, a Feistel index shuffle, so nothing is
-materialised), and seeds each example's ``np.random.Generator`` from ``(seed, global index)``, which makes
-dequantization/flip noise differ between epochs yet be reproducible. The remainder of the stream that does
-not fill a global batch is dropped (for a 1-epoch eval pass choose ``batch_size`` dividing the split).
-The iterator state is grain's (``{'next_index': k}``, the next per-process batch): restoring it resumes
-with exactly the same batches.
+``source -> shuffle(shuffle_seed) -> repeat(num_epochs) -> random_map(per-example transform) -> this
+process's rows of each global batch, stacked``, then ``to_iter_dataset`` with ``num_threads`` reader
+threads. Grain shuffles each epoch with its own permutation (seed ``shuffle_seed + epoch``, a Feistel index
+shuffle, so nothing is materialised; with ``shuffle_seed = -1`` the seed is hashed from the run seed, so
+neighbouring run seeds do not share permutations), and seeds each example's ``np.random.Generator`` from
+``(seed, global index)``, which makes dequantization/flip noise differ between epochs yet be reproducible.
+The remainder of the stream that does not fill a global batch is dropped (for a 1-epoch eval pass choose a
+``batch_size`` dividing the split). The iterator state is grain's (``{'next_index': k}``, the next
+per-process batch): restoring it resumes with exactly the same batches.
 
-**Samplers** (``source='toy2d'`` or ``'analytic'``, or ``make_sampler_iterator`` for any ``fn(key, n) -> [n, d]``, e.g. an
-analytic Gaussian mixture): infinite; element ``r`` of global batch ``k`` is drawn from key
-``fold_in(fold_in(key(seed), k), r)``, so batch ``k`` of process ``p`` depends only on
-``(seed, k, p)`` (and ``b``); the state is ``{'step': k}``.
+**Samplers** (``source='toy2d'`` or ``'analytic'``, or ``make_sampler_iterator`` for any
+``fn(key, n) -> [n, d]``): infinite; element ``r`` of global batch ``k`` is drawn from key
+``fold_in(fold_in(key(seed), k), r)``, so batch ``k`` of process ``p`` depends only on ``(seed, k, p)``
+(and ``b``); the state is ``{'step': k}``.
 
 Batches: ``{'image': float32 [b, H, W, C], 'label': int32 [b]}`` (TFDS; ``label`` when the dataset has
 one), ``{'x': float32 [b, ...], 'label': int32 [b]}`` (latents), ``{'x': float32 [b, 2]}`` plus
@@ -190,7 +191,8 @@ def validate_data_config(
     missing = sorted(set(_FIELDS) - set(cfg))
     if unknown or missing:
         raise ValueError(
-            f"data config: unknown fields {unknown}, missing fields {missing}; valid fields: {sorted(_FIELDS)} "
+            f"data config: unknown fields {unknown}, missing fields {missing}; "
+            f"valid fields: {sorted(_FIELDS)} "
             "(start from default_data_config())"
         )
     source, name = cfg["source"], cfg["name"]
@@ -261,7 +263,7 @@ def validate_data_config(
 def example_spec(
     data_cfg: ml_collections.ConfigDict | Mapping[str, Any],
 ) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Per-example ``{key: (shape, dtype)}`` of the batches ``make_iterator(data_cfg)`` yields (no batch axis).
+    """Per-example ``{key: (shape, dtype)}`` of the batches of ``make_iterator(data_cfg)`` (no batch axis).
 
     For building models and sharding specs before any data is read; ``latents`` opens the cache file to
     read the latent shape. Example: fashion_mnist -> ``{'image': ((28, 28, 1), float32), 'label': ((),
@@ -398,7 +400,7 @@ class SamplerIterator(DataIterator):
         self._offset = process_index * self._local
         self._seed = int(seed)
         self._step = 0
-        self._cpu = jax.devices("cpu")[0]
+        self._cpu = jax.local_devices(backend="cpu")[0]  # this process's (multi-host)
         self._draw = _jitted_draw(sample_fn, pair_fn, self._local)
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -588,7 +590,8 @@ def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
     except (NotImplementedError, AssertionError, FileNotFoundError) as e:
         # TFDS reports a missing dataset as "FileFormat.TFRECORD is not supported": say what to do instead.
         raise FileNotFoundError(
-            f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as array_record "
+            f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as "
+            f"array_record "
             f"in data_dir={data_dir!r}. This project never downloads; build it where TensorFlow is installed "
             f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there."
         ) from e
@@ -664,6 +667,7 @@ def make_iterator(
         batched = _grain_batches(src, transform, random=True, **common)
     if len(batched) == 0:
         raise ValueError(
-            f"data.batch_size={cfg['batch_size']} is larger than the {len(src)} examples x num_epochs available"
+            f"data.batch_size={cfg['batch_size']} is larger than the {len(src)} examples x num_epochs "
+            "available"
         )
     return GrainIterator(batched, source=kind, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
