@@ -226,9 +226,9 @@ def test_toy_iterator_batch_depends_only_on_seed_step_and_process():
     it = pipeline.make_iterator(cfg, seed=5)
     batches = _take(it, 5)
     assert batches[0]["x"].shape == (8, 2) and batches[0]["x"].dtype == np.float32
-    assert it.get_state() == {"source": "toy2d", "step": 5}
+    assert it.get_state() == {"source": "toy2d", "global_batch_size": 8, "step": 5}
     jump = pipeline.make_iterator(cfg, seed=5)
-    jump.set_state(json.loads(json.dumps({"source": "toy2d", "step": 3})))
+    jump.set_state(json.loads(json.dumps({"source": "toy2d", "global_batch_size": 8, "step": 3})))
     np.testing.assert_array_equal(next(jump)["x"], batches[3]["x"])
     halves = [pipeline.make_iterator(cfg, process_index=p, process_count=2, seed=5) for p in range(2)]
     for k in range(3):
@@ -285,3 +285,27 @@ def test_unprepared_external_dataset_explains_how_to_build_it(tmp_path):
     cfg = pipeline.default_data_config("tfds", "cifar10", 8, data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
         pipeline.make_iterator(cfg)
+
+
+@pytest.mark.parametrize("source", ["tfds", "toy2d"])
+def test_state_of_a_two_process_run_resumes_a_one_process_run(source):
+    src = ArraySource(_random_images(40))
+    if source == "tfds":
+        cfg, kw = _cfg(8, random_flip=True), {"source": src}
+        keys = ("image", "label")
+    else:
+        cfg, kw = pipeline.default_data_config("toy2d", "moons", 8), {}
+        keys = ("x",)
+    two = [pipeline.make_iterator(cfg, process_index=p, process_count=2, seed=2, **kw) for p in range(2)]
+    for it in two:
+        _take(it, 7)
+    state = json.loads(json.dumps(two[1].get_state()))
+    one = pipeline.make_iterator(cfg, seed=2, **kw)
+    one.set_state(state)
+    for _ in range(3):
+        parts, whole = [next(it) for it in two], next(one)
+        for key in keys:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    other = pipeline.make_iterator(pipeline.default_data_config(**{**cfg, "batch_size": 16}), seed=2, **kw)
+    with pytest.raises(ValueError, match="batch_size=8"):
+        other.set_state(state)

@@ -19,8 +19,8 @@ shuffle, so nothing is materialised; with ``shuffle_seed = -1`` the seed is hash
 neighbouring run seeds do not share permutations), and seeds each example's ``np.random.Generator`` from
 ``(seed, global index)``, which makes dequantization/flip noise differ between epochs yet be reproducible.
 The remainder of the stream that does not fill a global batch is dropped (for a 1-epoch eval pass choose a
-``batch_size`` dividing the split). The iterator state is grain's (``{'next_index': k}``, the next
-per-process batch): restoring it resumes with exactly the same batches.
+``batch_size`` dividing the split). The iterator state holds grain's (``{'next_index': k}``, the next
+global batch): restoring it resumes with exactly the same batches, also on another number of processes.
 
 **Samplers** (``source='toy2d'`` or ``'analytic'``, or ``make_sampler_iterator`` for any
 ``fn(key, n) -> [n, d]``): infinite; element ``r`` of global batch ``k`` is drawn from key
@@ -325,9 +325,15 @@ class DataIterator:
 
     ``next(it)`` -> dict of numpy arrays; ``get_state()`` -> JSON-serialisable dict; ``set_state(s)``
     makes the following ``next`` calls return exactly what they returned after ``s`` was taken.
+
+    The position counts GLOBAL batches, so a state saved by any process of a ``P``-process run also
+    restores a run with another number of processes (same global ``batch_size``): the resumed processes
+    then split the same next global batches differently. A state of another source or global batch size
+    is rejected.
     """
 
     source: str
+    global_batch_size: int
 
     def __iter__(self):
         return self
@@ -344,13 +350,28 @@ class DataIterator:
     def _check_state(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping) or state.get("source") != self.source:
             raise ValueError(f"iterator state {state!r} was not produced by a {self.source!r} iterator")
+        saved = state.get("global_batch_size", self.global_batch_size)
+        if saved != self.global_batch_size:
+            raise ValueError(
+                f"iterator state was saved with global batch_size={saved}, this iterator has "
+                f"{self.global_batch_size}: resuming would change the data order"
+            )
 
 
 class GrainIterator(DataIterator):
     """Wraps a grain ``MapDataset`` of batches; the state is grain's (next batch index)."""
 
-    def __init__(self, batched: grain.MapDataset, *, source: str, num_threads: int, prefetch: int):
+    def __init__(
+        self,
+        batched: grain.MapDataset,
+        *,
+        source: str,
+        global_batch_size: int,
+        num_threads: int,
+        prefetch: int,
+    ):
         self.source = source
+        self.global_batch_size = global_batch_size
         read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch if num_threads else 0)
         self._dataset = batched.to_iter_dataset(read)
         self._it = iter(self._dataset)
@@ -361,7 +382,8 @@ class GrainIterator(DataIterator):
 
     def get_state(self) -> dict[str, Any]:
         # Round-trip through JSON so the state is plain Python (grain may hold numpy ints).
-        return {"source": self.source, "grain": json.loads(json.dumps(self._it.get_state(), default=int))}
+        grain_state = json.loads(json.dumps(self._it.get_state(), default=int))
+        return {"source": self.source, "global_batch_size": self.global_batch_size, "grain": grain_state}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._check_state(state)
@@ -396,6 +418,7 @@ class SamplerIterator(DataIterator):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index!r} must be in [0, {process_count})")
         self.source = source
+        self.global_batch_size = batch_size
         self._local = batch_size // process_count
         self._offset = process_index * self._local
         self._seed = int(seed)
@@ -411,7 +434,7 @@ class SamplerIterator(DataIterator):
         return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source, "step": self._step}
+        return {"source": self.source, "global_batch_size": self.global_batch_size, "step": self._step}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._check_state(state)
@@ -670,4 +693,10 @@ def make_iterator(
             f"data.batch_size={cfg['batch_size']} is larger than the {len(src)} examples x num_epochs "
             "available"
         )
-    return GrainIterator(batched, source=kind, num_threads=cfg["num_threads"], prefetch=cfg["prefetch"])
+    return GrainIterator(
+        batched,
+        source=kind,
+        global_batch_size=cfg["batch_size"],
+        num_threads=cfg["num_threads"],
+        prefetch=cfg["prefetch"],
+    )
