@@ -41,6 +41,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.ema_decays = (0.999,)
     t.ema_power = config_dict.placeholder(float)  # EDM2 power-function EMA gamma, or None
     t.compute_dtype = "float32"
+    t.fsdp_min_size = 2**18  # with mesh.fsdp > 1: parameters with fewer entries stay replicated
     t.max_nonfinite_in_a_row = 20  # halt after this many skipped updates in a row (0 = never)
     t.log_every = 100
     t.ckpt_every = 1000

@@ -74,7 +74,7 @@ def build_runtime(cfg, devices=None) -> Runtime:
     must multiply to their number (one size may be -1).
     """
     mesh = sharding.make_mesh(cfg.mesh, devices=devices)
-    rules = sharding.rules_from_config(cfg, mesh)
+    rules = sharding.rules_from_config(cfg, mesh, fsdp_min_size=int(cfg.training.get("fsdp_min_size", 2**18)))
     net = build_network(cfg)
     loss_fn, denoiser = build_loss(cfg, net.net_fn)
     host_state, tx = build_state(cfg, net.params)
@@ -157,13 +157,11 @@ def train(
     restored = ckpt.restore_latest(abstract)
     if restored is not None:
         state, data_states, start = restored
-        if str(pid) in data_states:
-            it.set_state(data_states[str(pid)])
-        else:
-            raise ValueError(
-                f"checkpoint {start} has data-iterator states for processes {sorted(data_states)} but this "
-                f"is process {pid} of {nproc}: resume with the same number of processes"
-            )
+        if not data_states:
+            raise ValueError(f"checkpoint {start} has no data-iterator state; cannot resume exactly")
+        # Iterator states count global batches, so process 0's state also positions a process that
+        # did not exist in the saved run (the data layer refuses incompatible batch sizes).
+        it.set_state(data_states.get(str(pid), data_states["0"]))
         log.info("resumed from checkpoint %d", start)
     else:
         state = distributed.global_from_host(rt.host_state, rt.state_sharding)
