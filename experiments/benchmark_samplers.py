@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import math
 import os
 import platform
 import time
@@ -64,26 +63,17 @@ def _registry():
     return registry
 
 
+def w2_exact(x, y) -> float:
+    """Exact W2 between the empirical measures x [n, D] and y [m, D] (`diffusion_jax.metrics.ot`)."""
+    from diffusion_jax.metrics.ot import w2_exact as _w2
+
+    return _w2(x, y)
+
+
 def _make_grid():
     from diffusion_jax.samplers.grids import make_grid
 
     return make_grid
-
-
-def w2_exact(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact 2-Wasserstein distance between two empirical measures with uniform weights.
-
-    Args: x [n, D], y [m, D] (numpy, any float dtype). Returns W2 (not squared) as a float.
-    Solved exactly by the network simplex (Bonneel et al. 2011) in POT's `ot.emd2` on the host.
-    """
-    import ot
-
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    y = np.asarray(y, np.float64).reshape(len(y), -1)
-    a = np.full(len(x), 1.0 / len(x))
-    b = np.full(len(y), 1.0 / len(y))
-    cost = ot.dist(x, y, metric="sqeuclidean")
-    return float(math.sqrt(max(ot.emd2(a, b, cost, numItermax=10**8), 0.0)))
 
 
 def family_of(sampler) -> str:
@@ -111,7 +101,7 @@ class Setup:
     the sample shape and a one-line description for the reports."""
 
     denoiser: Any
-    data_sample: Any  # (key, n) -> [n, *shape] exact draws, or None (no W2)
+    data: Any  # analytic distribution with `.sample(key, n) -> [n, D]`, or None (no W2)
     shape: tuple[int, ...]
     description: str
 
@@ -128,7 +118,6 @@ def build_setup(config) -> Setup:
     if dc.source not in ("analytic", "checkpoint"):
         raise ValueError(f"config.denoiser.source={dc.source!r}; valid sources: ['analytic', 'checkpoint']")
     gmm = build_data(config.data) if config.get("data") is not None else None
-    data_sample = gmm.sample if gmm is not None else None
     if dc.source == "analytic":
         if gmm is None:
             raise ValueError(
@@ -163,7 +152,7 @@ def build_setup(config) -> Setup:
         else:
             raise ValueError("config.denoiser.sample_shape is required for a checkpoint without config.data")
         desc = f"checkpoint {dc.workdir} (schedule {denoiser.schedule.name}, kind {denoiser.kind!r})"
-    return Setup(denoiser=denoiser, data_sample=data_sample, shape=shape, description=desc)
+    return Setup(denoiser=denoiser, data=gmm, shape=shape, description=desc)
 
 
 def build_data(data):
@@ -203,6 +192,9 @@ def resolve_names(config) -> tuple[list[str], list[str]]:
         if bad:
             raise ValueError(f"{field}: unknown sampler(s) {bad}; valid samplers: {sorted(valid_samplers)}")
     names = [n for n in names if n not in excluded]
+    # Report order: by family (deterministic, multistep, adaptive, stochastic), registry order within.
+    fam = {n: family_of(_make_sampler(reg, n, config)) for n in names}
+    names = sorted(names, key=lambda n: FAMILIES.index(fam[n]) if fam[n] in FAMILIES else len(FAMILIES))
     grids = _csv_names(config.grids)
     bad = [g for g in grids if g not in valid_grids]
     if bad:
@@ -252,20 +244,36 @@ def reference_solve(
       t_start, t_end: times with t_start > t_end (integration runs backwards in t).
     Returns: (z at t_end [B, ...], number of accepted + rejected steps as an int).
     """
+    if solver not in REFERENCE_SOLVERS:
+        raise ValueError(f"unknown reference solver {solver!r}; valid solvers: {list(REFERENCE_SOLVERS)}")
+    dt = z.dtype
+    x, steps = _reference_fn(solver, int(max_steps))(
+        denoiser,
+        z,
+        jnp.asarray(t_start, dt),
+        jnp.asarray(t_end, dt),
+        jnp.asarray(rtol, dt),
+        jnp.asarray(atol, dt),
+    )
+    return x, int(steps)
+
+
+@functools.cache
+def _reference_fn(solver: str, max_steps: int):
+    """One jitted diffrax solve per (solver, max_steps); times and tolerances are traced, so the
+    100x-tighter check solve and repeated calls reuse the same executable."""
     import diffrax
 
-    solvers = {"dopri8": diffrax.Dopri8, "dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
-    if solver not in solvers:
-        raise ValueError(f"unknown reference solver {solver!r}; valid solvers: {sorted(solvers)}")
+    solver_cls = {"dopri8": diffrax.Dopri8, "dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}[solver]
 
     @jax.jit
-    def solve(den, z0):
+    def solve(den, z0, t0, t1, rtol, atol):
         term = diffrax.ODETerm(lambda t, y, args: args.velocity(y, t))
         sol = diffrax.diffeqsolve(
             term,
-            solvers[solver](),
-            t0=jnp.asarray(t_start, z0.dtype),
-            t1=jnp.asarray(t_end, z0.dtype),
+            solver_cls(),
+            t0=t0,
+            t1=t1,
             dt0=None,
             y0=z0,
             args=den,
@@ -275,8 +283,7 @@ def reference_solve(
         )
         return sol.ys[0], sol.stats["num_steps"]
 
-    x, steps = solve(denoiser, z)
-    return x, int(steps)
+    return solve
 
 
 # -------------------------------------------------------------------------------------------------
@@ -324,8 +331,9 @@ def run_benchmark(config, out_dir: str | None = None, *, progress: bool = True) 
     """Run the benchmark described by `config`; write the reports to `out_dir` if given.
 
     Returns a dict with `rows` (one dict per (sampler, grid, target NFE) or adaptive tolerance, the
-    CSV rows), `orders` (one dict per (sampler, grid)), `meta` (setup, reference, W2 floor, timing)
-    and `skipped` (names and reasons of combinations that could not run).
+    CSV rows), `orders` (one dict per (sampler, grid)), `meta` (setup, reference, W2 floor, timing),
+    `skipped` (names and reasons of combinations that could not run), and the arrays behind them:
+    `z0` [n, *shape] initial noise, `references` {(t_start, t_end): x_ref [n, *shape]}, `denoiser`.
     """
     ctx = jax.enable_x64(True) if config.x64 else contextlib.nullcontext()
     with ctx:
@@ -352,33 +360,34 @@ def _run(config, progress: bool) -> dict:
     t_max = schedule.t_max if config.t_max is None else config.t_max
 
     samplers = {n: _make_sampler(reg, n, config) for n in names}
-    # Validate every (sampler, grid) pair once on the host, before compiling anything.
     n_samples = int(config.num_samples)
-    n_w2 = int(config.w2_num_samples) if setup.data_sample is not None else 0
+    n_w2 = int(config.w2_num_samples) if setup.data is not None else 0
 
     # Fixed seeds: sample i uses key fold_in(key(seed), i) for its noise and its sampler noise, for
-    # every sampler, so all runs start from the same z and differ only by the solver.
-    base = jax.random.key(int(config.seed))
-    sample_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n_samples))
-    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(sample_keys)
-    sampler_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(sample_keys)
-    z0 = jax.vmap(lambda k: prior_sample(k, setup.shape, schedule, t_max, dtype))(noise_keys)
+    # every sampler, so all runs start from the same z and differ only by the solver. One jit for
+    # all of it (op-by-op dispatch would compile every small op separately).
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def initial_state(n, seed):
+        sample_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
+        noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(sample_keys)
+        sampler_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(sample_keys)
+        z0 = jax.vmap(lambda k: prior_sample(k, setup.shape, schedule, t_max, dtype))(noise_keys)
+        return z0, sampler_keys
 
-    grids = {}
-    for g in grid_names:
-        grids[g] = {}
+    z0, sampler_keys = initial_state(n_samples, int(config.seed))
     pool = ThreadPoolExecutor(max_workers=1)  # W2 on the host overlaps with the next compile
     w2_data = w2_floor = w2_floor_range = None
     futures: dict[str, Future] = {}
     if n_w2:
-        data_key = jax.random.fold_in(base, 10**9)
-        x_data = np.asarray(setup.data_sample(jax.random.fold_in(data_key, 0), n_w2), np.float64)
-        w2_data = x_data
-        # The floor: W2 from the fixed data set to further exact draws of the same size (3 of them,
-        # for the spread); a sampler with no error at all scores about this much.
+        # Draw 0 is the fixed data set every W2 is measured against. The floor: W2 from further exact
+        # draws of the same size (3, for the spread) to it; a sampler with no error scores about that.
+        draws = jax.jit(
+            lambda dist, key: jax.vmap(lambda j: dist.sample(jax.random.fold_in(key, j), n_w2))(jnp.arange(4))
+        )(setup.data, jax.random.fold_in(jax.random.key(int(config.seed)), 10**9))
+        draws = np.asarray(draws, np.float64)
+        w2_data = draws[0]
         for j in range(1, 4):
-            x_j = np.asarray(setup.data_sample(jax.random.fold_in(data_key, j), n_w2), np.float64)
-            futures[f"floor{j}"] = pool.submit(w2_exact, x_j, w2_data)
+            futures[f"floor{j}"] = pool.submit(w2_exact, draws[j], w2_data)
 
     # Reference ODE solutions, one per distinct (t_start, t_end) of the grids used.
     refs: dict[tuple[float, float], dict] = {}
@@ -451,6 +460,7 @@ def _run(config, progress: bool) -> dict:
             "w2": float("nan"),
             "seconds": float("nan"),
             "status": "ok",
+            "note": "",
         }
         try:
             if tol is not None:
@@ -487,6 +497,9 @@ def _run(config, progress: bool) -> dict:
             continue
         row["seconds"] = time.time() - tic
         row["nfe"] = int(nfe)
+        if tol is None and s.nfe(num_steps) != row["nfe"]:
+            # The static accounting chose the step count; a different counted NFE is a sampler bug.
+            row["note"] = f"counted NFE {row['nfe']} != {name}.nfe({num_steps}) = {s.nfe(num_steps)}"
         if not np.all(np.isfinite(x)):
             row["status"] = "non-finite samples"
         elif fam != "stochastic":
@@ -547,7 +560,16 @@ def _run(config, progress: bool) -> dict:
         "jax": jax.__version__,
         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
     }
-    return {"rows": rows, "orders": orders, "meta": meta, "skipped": skipped}
+    return {
+        "rows": rows,
+        "orders": orders,
+        "meta": meta,
+        "skipped": skipped,
+        # The arrays behind the numbers, for checks against independent solves (not written to disk).
+        "z0": np.asarray(z0),
+        "references": {k: r["x"] for k, r in refs.items()},
+        "denoiser": den,
+    }
 
 
 # -------------------------------------------------------------------------------------------------
@@ -606,6 +628,7 @@ CSV_FIELDS = (
     "w2",
     "seconds",
     "status",
+    "note",
 )
 
 
@@ -750,6 +773,14 @@ def markdown_report(result: dict) -> str:
             if line not in lines:
                 lines.append(line)
         blocks.append("\n".join(lines))
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        blocks.append("## NFE accounting mismatches (counted vs `sampler.nfe(num_steps)`)")
+        blocks.append(
+            "\n".join(
+                f"- {r['sampler']} / {r['grid']} / target {r['target_nfe']}: {r['note']}" for r in notes
+            )
+        )
     if meta.get("missing_samplers"):
         blocks.append(f"Samplers not in the registry: {meta['missing_samplers']}")
     blocks.append(f"Wall time {meta['wall_seconds']:.0f} s on {meta['machine']}, {meta['date_utc']}.")
@@ -771,7 +802,8 @@ def plot_results(result: dict, out_dir: str) -> None:
     names = meta["samplers"]
     fams = {r["sampler"]: r["family"] for r in rows}
     cmap = plt.get_cmap("tab20")
-    colors = {n: cmap(i % 20) for i, n in enumerate(names)}
+    # tab20 comes in (dark, light) pairs: the 10 dark shades first, then the light ones.
+    colors = {n: cmap((2 * i) % 20 + (i // 10) % 2) for i, n in enumerate(names)}
     styles = {"deterministic": "-", "multistep": "-.", "adaptive": "--", "stochastic": ":"}
     markers = {"deterministic": "o", "multistep": "s", "adaptive": "^", "stochastic": "x"}
 
@@ -789,6 +821,16 @@ def plot_results(result: dict, out_dir: str) -> None:
     if meta["w2_num_samples"]:
         figures.append(("w2_vs_nfe.png", [("w2", "W2 to data")]))
     ncol = len(grids)
+    ok = [r for r in rows if r["status"] == "ok" and r["nfe"] != ""]
+    nfe_vals = [r["nfe"] for r in ok] or [1, 100]
+    xlim = (min(nfe_vals) / 1.25, max(nfe_vals) * 1.25)
+    ylims = {}
+    for key in ("err_rms", "err_median", "w2"):
+        ys = [r[key] for r in ok if np.isfinite(r[key]) and r[key] > 0]
+        if key != "w2":
+            se = meta["reference"]["self_err"]
+            ys += [se] if np.isfinite(se) and se > 0 and ys and se > min(ys) / 100 else []
+        ylims[key] = (min(ys) / 2, max(ys) * 2) if ys else (1e-3, 1.0)
     for fname, panels in figures:
         fig, axes = plt.subplots(
             len(panels), ncol, figsize=(4.6 * ncol + 2.6, 4.2 * len(panels)), squeeze=False, sharey="row"
@@ -807,21 +849,21 @@ def plot_results(result: dict, out_dir: str) -> None:
                         )
                         handles[name] = h
                 # Reference lines must not stretch the axes (the self-error sits near 1e-11).
-                ax.autoscale(False)
+                refs = []
                 if key == "w2":
                     if meta["w2_floor"] is not None:
-                        handles["W2 floor (two exact draws)"] = ax.axhline(
-                            meta["w2_floor"], color="k", lw=1.0, ls="--"
-                        )
+                        refs.append((meta["w2_floor"], "W2 floor (two exact draws)", "k", "--"))
                     for sol in meta["reference"]["solves"]:
                         if sol.get("w2") is not None and np.isfinite(sol["w2"]):
-                            handles["W2 of reference ODE samples"] = ax.axhline(
-                                sol["w2"], color="gray", lw=1.0, ls=":"
-                            )
+                            refs.append((sol["w2"], "W2 of reference ODE samples", "gray", ":"))
                 else:
-                    se = meta["reference"]["self_err"]
-                    if np.isfinite(se) and se > 0:
-                        handles["reference self-error"] = ax.axhline(se, color="k", lw=0.8, ls=":")
+                    refs.append((meta["reference"]["self_err"], "reference self-error", "k", ":"))
+                lo, hi = ylims[key]
+                for y, label, color, ls in refs:
+                    if np.isfinite(y) and lo <= y <= hi:
+                        handles[label] = ax.axhline(y, color=color, lw=1.0, ls=ls)
+                ax.set_ylim(lo, hi)
+                ax.set_xlim(*xlim)
                 ax.set_title(f"grid: {g}", fontsize=9)
                 ax.set_xlabel("NFE")
                 ax.grid(True, which="both", alpha=0.3)
