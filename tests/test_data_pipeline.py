@@ -218,7 +218,7 @@ def test_config_helpers_reject_unknown_names_and_fields():
     with pytest.raises(ValueError, match="unknown fields.*shufle"):
         pipeline.make_iterator(cfg)
     tf_cfg = pipeline.default_data_config("tfds", "cifar10", 4)
-    assert (tf_cfg.image_size, tf_cfg.num_channels) == (32, 3)
+    assert pipeline.example_spec(tf_cfg)["image"] == ((32, 32, 3), np.float32)
 
 
 def test_toy_iterator_batch_depends_only_on_seed_step_and_process():

@@ -129,7 +129,8 @@ def default_data_config(
     - ``data_dir``: TFDS data dir (``''`` -> ``default_data_dir()``).
     - ``prepare``: build local datasets (fashion_mnist) into ``data_dir`` when missing (once).
     - ``latents_path``: ``.npz`` written by ``latents.cache_latents`` (``source='latents'``).
-    - ``image_size``: output height = width (0 -> the dataset's own size); ``num_channels`` (0 -> own).
+    - ``image_size``: output height = width (0, the default: the dataset's own size, so switching
+      ``name`` on the command line needs nothing else); ``num_channels`` (0: the dataset's own).
     - ``resize``: ``transforms.RESIZE_METHODS``; how to reach ``image_size`` when it differs.
     - ``dequantize``: uniform dequantization ``(x + U[0,1)) / 256`` mapped to ``[-1, 1)``; else
       ``x / 127.5 - 1``.
@@ -164,9 +165,6 @@ def default_data_config(
             "prefetch": 4,
         }
     )
-    if source == "tfds" and name in TFDS_DATASETS:
-        h, _, c = TFDS_DATASETS[name].image_shape
-        cfg.image_size, cfg.num_channels = h, c
     for k, v in overrides.items():
         if k not in _FIELDS:
             raise ValueError(f"unknown data config field {k!r}; valid fields: {sorted(_FIELDS)}")
