@@ -465,7 +465,7 @@ def _run(config, progress: bool) -> dict:
         try:
             if tol is not None:
                 s = _make_sampler(reg, name, config, {"rtol": tol, "atol": tol})
-                num_steps = 1
+                num_steps = int(config.adaptive_grid_steps)
                 key = (name, tol)
             else:
                 num_steps = steps_for_nfe(s, schedule, target)
