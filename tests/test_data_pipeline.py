@@ -286,6 +286,9 @@ def test_unprepared_external_dataset_explains_how_to_build_it(tmp_path):
     cfg = pipeline.default_data_config("tfds", "cifar10", 8, data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
         pipeline.make_iterator(cfg)
+    local = pipeline.default_data_config("tfds", "fashion_mnist", 8, data_dir=str(tmp_path), prepare=False)
+    with pytest.raises(FileNotFoundError, match="data.prepare=True"):
+        pipeline.make_iterator(local)
 
 
 @pytest.mark.parametrize("source", ["tfds", "toy2d"])

@@ -610,11 +610,16 @@ def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
         return tfds.data_source(spec.tfds_name, split=data_cfg["split"], data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError) as e:
         # TFDS reports a missing dataset as "FileFormat.TFRECORD is not supported": say what to do instead.
+        if spec.prepare is not None:
+            how = "set data.prepare=True (builds it from local files, once)"
+        else:
+            how = (
+                "this project never downloads; build it where TensorFlow is installed "
+                f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there"
+            )
         raise FileNotFoundError(
-            f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as "
-            f"array_record "
-            f"in data_dir={data_dir!r}. This project never downloads; build it where TensorFlow is installed "
-            f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there."
+            f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as array_record "
+            f"in data_dir={data_dir!r}: {how}."
         ) from e
 
 
