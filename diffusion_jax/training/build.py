@@ -80,7 +80,8 @@ def to_model_batch(batch: dict) -> dict:
 
 
 def data_shape(cfg) -> tuple[int, ...]:
-    """Per-sample shape of the data the model sees ([2] for toys, [H, W, C] for images)."""
+    """Per-sample shape of the data the model sees ([2] for toys, [H, W, C] for images; latents
+    take the shape the model is built for)."""
     d = cfg.data
     if d.source == "toy2d":
         return (2,)
@@ -90,10 +91,12 @@ def data_shape(cfg) -> tuple[int, ...]:
         h, w, c = TFDS_DATASETS[d.name].image_shape
         size = d.image_size or h
         return (size, size if d.image_size else w, d.num_channels or c)
-    shape = cfg.model.get("input_shape", None)
-    if shape is None:
-        raise ValueError("data.source='latents' needs model.input_shape to know the latent shape")
-    return tuple(int(s) for s in shape)
+    m = cfg.model
+    if m.name == "mlp":
+        return (int(m.dim),)
+    if m.name in ("unet", "dit"):
+        return (int(m.image_size), int(m.image_size), int(m.in_channels))
+    raise ValueError(f"data.source='latents' with model.name={m.name!r}: expected 'mlp', 'unet' or 'dit'")
 
 
 def as_numpy(tree):

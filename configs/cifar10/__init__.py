@@ -1,0 +1,1 @@
+"""CIFAR-10 paper configurations (for accelerators; 'tiny' variants run on a CPU in tests)."""

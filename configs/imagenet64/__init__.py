@@ -1,0 +1,1 @@
+"""ImageNet-64 paper configurations (for accelerators; 'tiny' variants run on a CPU in tests)."""
