@@ -111,11 +111,12 @@ def load_split_numpy(split: str, source_dir: str | os.PathLike = DEBIAN_DIR) -> 
     return images[..., None], labels
 
 
-class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
+class FashionMnistDebian(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder for Fashion-MNIST read from local IDX files (no download, no TensorFlow).
 
     Features: ``image`` uint8 ``[28, 28, 1]``, ``label`` ``ClassLabel(10)``. Splits: ``train`` (60000),
-    ``test`` (10000), in IDX-file order.
+    ``test`` (10000), in IDX-file order. ``skip_registration``: importing this module does not add the
+    builder to TFDS's global registry (TFDS finds a built copy from its files instead).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -157,19 +158,27 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": images[i], "label": int(labels[i])}
 
 
+def make_builder(
+    data_dir: str | os.PathLike, source_dir: str | os.PathLike = DEBIAN_DIR
+) -> FashionMnistDebian:
+    """The (array_record) builder for ``data_dir``, without building anything."""
+    return FashionMnistDebian(data_dir=os.fspath(data_dir), file_format="array_record", source_dir=source_dir)
+
+
 def prepare(data_dir: str | os.PathLike, source_dir: str | os.PathLike = DEBIAN_DIR) -> FashionMnistDebian:
     """Builds ``fashion_mnist_debian`` under ``data_dir`` once (array_record) and returns the builder.
 
     A second call finds ``data_dir/fashion_mnist_debian/1.0.0`` complete and does nothing. Afterwards
-    ``tfds.data_source('fashion_mnist_debian', data_dir=data_dir)`` (this module imported) or
-    ``prepare(data_dir).as_data_source()`` give random-access splits of dicts
+    ``prepare(data_dir).as_data_source()``, ``tfds.data_source('fashion_mnist_debian', data_dir=data_dir)``
+    or ``tfds.builder('fashion_mnist_debian', data_dir=data_dir).as_data_source()`` (the last two read the
+    files alone, without this module) give random-access splits of dicts
     ``{'image': uint8 [28, 28, 1], 'label': int64 []}``.
 
     Raises:
       FileNotFoundError: the IDX files are absent (message says ``apt-get install dataset-fashion-mnist``).
     """
     data_dir = os.fspath(data_dir)
-    builder = FashionMnistDebian(data_dir=data_dir, file_format="array_record", source_dir=source_dir)
+    builder = make_builder(data_dir, source_dir)
     if builder.is_prepared():
         return builder
     check_source_files(source_dir)  # Fail with the apt hint before TFDS creates any directory.

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 from diffusion_jax.data import fashion_mnist, latents, toy2d, transforms
 
@@ -62,21 +63,28 @@ class TfdsDataset:
       splits: valid split names (TFDS slicing such as ``'train[:90%]'`` is accepted on top).
       image_shape: native ``(H, W, C)`` of the ``'image'`` feature.
       num_classes: number of labels (0 if unlabelled).
-      prepare: ``fn(data_dir)`` building the dataset locally when missing, or None when it must already be
-        prepared in ``data_dir`` (as array_record, e.g. with ``tfds build --file_format=array_record`` on a
-        machine with TensorFlow).
+      builder: for a dataset built locally, ``fn(data_dir) -> DatasetBuilder`` (nothing is built);
+        None for a TFDS catalogue dataset, which must already be prepared in ``data_dir`` as array_record
+        (e.g. ``tfds build --file_format=array_record`` on a machine with TensorFlow).
+      prepare: for a local dataset, ``fn(data_dir) -> DatasetBuilder`` that also builds it when missing.
     """
 
     tfds_name: str
     splits: tuple[str, ...]
     image_shape: tuple[int, int, int]
     num_classes: int
+    builder: Callable[[str], Any] | None = None
     prepare: Callable[[str], Any] | None = None
 
 
 TFDS_DATASETS: dict[str, TfdsDataset] = {
     "fashion_mnist": TfdsDataset(
-        fashion_mnist.TFDS_NAME, ("train", "test"), (28, 28, 1), 10, prepare=fashion_mnist.prepare
+        fashion_mnist.TFDS_NAME,
+        ("train", "test"),
+        (28, 28, 1),
+        10,
+        builder=fashion_mnist.make_builder,
+        prepare=fashion_mnist.prepare,
     ),
     "mnist": TfdsDataset("mnist", ("train", "test"), (28, 28, 1), 10),
     "cifar10": TfdsDataset("cifar10", ("train", "test"), (32, 32, 3), 10),
@@ -600,26 +608,26 @@ def open_tfds_source(data_cfg: Mapping[str, Any] | ml_collections.ConfigDict):
     Returns:
       ``tfds`` ``ArrayRecordDataSource``; element ``i`` is ``{'image': uint8 [H, W, C], 'label': int}``.
     """
-    import tensorflow_datasets as tfds  # Deferred: only TFDS configs pay its import time.
-
     spec = TFDS_DATASETS[data_cfg["name"]]
     data_dir = data_cfg["data_dir"] or default_data_dir()
-    if spec.prepare is not None and data_cfg["prepare"]:
-        spec.prepare(data_dir)
+    split = data_cfg["split"]
+    if spec.builder is not None:  # Built locally: open through our (unregistered) builder class.
+        builder = spec.prepare(data_dir) if data_cfg["prepare"] else spec.builder(data_dir)
+        try:
+            return builder.as_data_source(split=split)
+        except KeyError as e:  # TFDS: "`splits` is empty ... has not been generated yet".
+            raise FileNotFoundError(
+                f"data.name={data_cfg['name']!r} is not built in data_dir={data_dir!r}: set data.prepare=True "
+                "(builds it from local files, once)"
+            ) from e
     try:
-        return tfds.data_source(spec.tfds_name, split=data_cfg["split"], data_dir=data_dir, download=False)
+        return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError) as e:
         # TFDS reports a missing dataset as "FileFormat.TFRECORD is not supported": say what to do instead.
-        if spec.prepare is not None:
-            how = "set data.prepare=True (builds it from local files, once)"
-        else:
-            how = (
-                "this project never downloads; build it where TensorFlow is installed "
-                f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there"
-            )
         raise FileNotFoundError(
             f"data.name={data_cfg['name']!r}: TFDS dataset {spec.tfds_name!r} is not prepared as array_record "
-            f"in data_dir={data_dir!r}: {how}."
+            f"in data_dir={data_dir!r}: this project never downloads; build it where TensorFlow is installed "
+            f"(`tfds build {spec.tfds_name} --file_format=array_record --data_dir=...`) and copy it there."
         ) from e
 
 
