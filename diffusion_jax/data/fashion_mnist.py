@@ -172,7 +172,7 @@ def prepare(data_dir: str | os.PathLike, source_dir: str | os.PathLike = DEBIAN_
     ``prepare(data_dir).as_data_source()``, ``tfds.data_source('fashion_mnist_debian', data_dir=data_dir)``
     or ``tfds.builder('fashion_mnist_debian', data_dir=data_dir).as_data_source()`` (the last two read the
     files alone, without this module) give random-access splits of dicts
-    ``{'image': uint8 [28, 28, 1], 'label': int64 []}``.
+    ``{'image': uint8 [28, 28, 1], 'label': int}``.
 
     Raises:
       FileNotFoundError: the IDX files are absent (message says ``apt-get install dataset-fashion-mnist``).
