@@ -56,7 +56,9 @@ densities are those of the unclipped laws (uniform is renormalised to the clippe
   * ``logit_normal``  t = sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024, SD3 eq. 19); kwargs m, s.
   * ``lognormal_sigma`` ln(sigma_t/alpha_t) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1 training),
                       mapped to t by the schedule's inverse logSNR; kwargs P_mean=-1.2, P_std=1.2.
-  * ``logsnr_uniform`` lambda ~ U(lambda_min, lambda_max), mapped to t likewise; kwargs -10, 10.
+  * ``logsnr_uniform`` lambda ~ U(lambda_min, lambda_max), mapped to t likewise; kwargs -10, 10. Where a
+                      schedule cannot reach part of that range the clipped samples sit at the end of
+                      the t interval (inside the support), so importance weights stay finite.
 
 **Couplings** (`COUPLINGS`) pair each data row with a noise row. If the batch carries ``noise`` it
 is used as the t=1 endpoint (a pipeline-supplied source sample), otherwise standard normal noise is
@@ -332,7 +334,10 @@ def _logsnr_uniform_sample(key, n, schedule, dtype, lambda_min, lambda_max):
 
 
 def _logsnr_uniform_logp(t, schedule, lambda_min, lambda_max):
-    return jnp.log(jnp.abs(schedule.d_logsnr(t))) - math.log(lambda_max - lambda_min)
+    lam = schedule.logsnr(t)
+    inside = (lam >= lambda_min) & (lam <= lambda_max)
+    logp = jnp.log(jnp.abs(schedule.d_logsnr(t))) - math.log(lambda_max - lambda_min)
+    return jnp.where(inside, logp, -jnp.inf)
 
 
 TIME_DISTRIBUTIONS: dict[str, TimeDistribution] = {
