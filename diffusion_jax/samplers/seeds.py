@@ -111,10 +111,12 @@ def validate_sampling(denoiser: Denoiser, sampler: Sampler, grid) -> np.ndarray:
     if not isinstance(denoiser, Denoiser):
         raise ValueError(f"denoiser must be a predictions.Denoiser, got {type(denoiser).__name__}")
     g = _concrete_grid(grid)
-    sampler.validate(denoiser.schedule, g.shape[0] - 1)
-    check = getattr(sampler, "check_grid", None)
-    if check is not None:
-        check(denoiser, g)
+    # Eager even when called while tracing (e.g. editing functions under jit).
+    with jax.ensure_compile_time_eval():
+        sampler.validate(denoiser.schedule, g.shape[0] - 1)
+        check = getattr(sampler, "check_grid", None)
+        if check is not None:
+            check(denoiser, g)
     return g
 
 
