@@ -95,3 +95,16 @@ def test_sharded_forward_equals_single_device(cfg):
         f"sharded vs single-device max abs diff: {err:.2e} (output scale {float(jnp.max(jnp.abs(ref))):.2f})"
     )
     assert err <= 1e-5
+
+
+def test_init_split_creates_sharded_params():
+    from diffusion_jax.models.functional import init_split
+
+    cfg = dit.get_config("tiny/4")
+    cfg.update(depth=1)
+    mesh = S.make_mesh((8,))
+    rules = S.make_rules(mesh, "fsdp", fsdp_min_size=1024)
+    _, params, rest = init_split(cfg, seed=0, mesh=mesh, rules=rules)
+    fc1 = params["blocks"][0]["fc1"]["kernel"]
+    assert fc1.shape == (64, 256) and fc1.sharding.spec == P(None, "data")
+    assert rest["pos_embed"].sharding.spec == P(None, None)  # 4 x 64 = 256 entries: replicated
