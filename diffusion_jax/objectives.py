@@ -513,7 +513,13 @@ def sinkhorn_pairing(
 ) -> Array:
     """Indices j [B]: data row i is paired with y[j[i]], drawn from row i of the Sinkhorn plan
     (`pairing='sample'`, Tong et al. 2024 Alg. 3) or its argmax."""
-    plan = sinkhorn_plan(x, y, epsilon, max_iterations)
+    return pair_from_plan(key, sinkhorn_plan(x, y, epsilon, max_iterations), pairing)
+
+
+def pair_from_plan(key: Array, plan: Array, pairing: str = "sample") -> Array:
+    """Indices j [B] from a coupling plan [B, B]: j[i] ~ plan[i, :] (normalised) or its argmax."""
+    if pairing not in ("sample", "argmax"):
+        raise ValueError(f"pairing={pairing!r} unknown; valid: ['argmax', 'sample']")
     logits = jnp.log(jnp.maximum(plan, jnp.finfo(plan.dtype).tiny))
     if pairing == "argmax":
         return jnp.argmax(logits, axis=1)
@@ -734,6 +740,7 @@ __all__ = [
     "make_loss",
     "objective_preset",
     "pair_batch_exact_ot",
+    "pair_from_plan",
     "resolve_objective",
     "sample_time",
     "sinkhorn_pairing",

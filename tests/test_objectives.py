@@ -54,7 +54,7 @@ PERTURBATIONS = {
 }
 
 
-@pytest.mark.parametrize("preset", ["vp_eps", "vp_v_cosine", "edm", "rf_uniform", "rf_logit_normal"])
+@pytest.mark.parametrize("preset", ["vp_eps", "vp_v_cosine", "edm", "rf_logit_normal"])
 def test_exact_denoiser_minimises_the_loss(x64, preset):
     cfg = O.objective_preset(preset)
     obj = O.resolve_objective(cfg)
@@ -247,6 +247,14 @@ def test_same_loss_whatever_the_output_kind(x64, sched, weighting, kinds):
 KS_1PCT = 1.63  # Kolmogorov-Smirnov 1% critical value times sqrt(n)
 
 
+def _density_integral(obj, lo, hi):
+    """int_lo^hi p(t) dt on a grid uniform in logit(t) (trapezoid; resolves both endpoints)."""
+    u = np.linspace(np.log(lo / (1 - lo)), np.log(hi / (1 - hi)), 200001)
+    t = 1 / (1 + np.exp(-u))
+    p = np.exp(np.asarray(jax.jit(lambda t: O.time_log_density(obj, t))(jnp.asarray(t))))
+    return integrate.trapezoid(p * t * (1 - t), u)
+
+
 def _times(cfg, n=20000, seed=7):
     obj = O.resolve_objective(cfg)
     return obj, np.asarray(jax.jit(lambda k: O.sample_time(obj, k, n, jnp.float64))(jax.random.key(seed)))
@@ -256,8 +264,7 @@ def test_logit_normal_matches_its_cdf(x64):
     obj, t = _times(_cfg(time_distribution="logit_normal", time_kwargs={"m": 0.5, "s": 0.8}))
     cdf = lambda u: stats.norm.cdf((np.log(u) - np.log1p(-u) - 0.5) / 0.8)
     assert stats.kstest(t, cdf).statistic < KS_1PCT / np.sqrt(len(t))
-    dens = lambda u: float(np.exp(O.time_log_density(obj, jnp.float64(u))))
-    assert _quad_t(dens, 0, 1) == pytest.approx(1.0, abs=1e-7)
+    assert _density_integral(obj, 1e-12, 1 - 1e-12) == pytest.approx(1.0, abs=1e-7)
 
 
 @pytest.mark.parametrize("sname", ["edm", "rectified_flow", "vp_linear"])
@@ -266,16 +273,15 @@ def test_lognormal_sigma_matches_its_cdf(x64, sname):
     obj, t = _times(_cfg(schedule=sname, time_distribution="lognormal_sigma"))
     log_sigma = np.log(np.asarray(obj.schedule.sigma(t) / obj.schedule.alpha(t)))
     assert stats.kstest(log_sigma, stats.norm(-1.2, 1.2).cdf).statistic < KS_1PCT / np.sqrt(len(t))
-    dens = lambda u: float(np.exp(O.time_log_density(obj, jnp.float64(u))))
-    assert _quad_t(dens, obj.t_eps, 1 - obj.t_eps) == pytest.approx(1.0, abs=1e-5)
+    assert _density_integral(obj, obj.t_eps, 1 - obj.t_eps) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_logsnr_uniform_matches_its_cdf(x64):
     obj, t = _times(_cfg(schedule="vp_cosine", time_distribution="logsnr_uniform", t_eps=1e-4))
     lam = np.asarray(obj.schedule.logsnr(t))
     assert stats.kstest(lam, stats.uniform(-10, 20).cdf).statistic < KS_1PCT / np.sqrt(len(t))
-    dens = lambda u: float(np.exp(O.time_log_density(obj, jnp.float64(u))))
-    assert _quad_t(dens, 1e-4, 1 - 1e-4) == pytest.approx(1.0, abs=1e-6)
+    # The support ends where lambda leaves [-10, 10] (a kink of the density): trapezoid error ~1e-5.
+    assert _density_integral(obj, 1e-4, 1 - 1e-4) == pytest.approx(1.0, abs=5e-5)
 
 
 @pytest.mark.parametrize("td", ["uniform", "antithetic", "stratified"])
@@ -340,9 +346,11 @@ def test_couplings_in_the_loss():
     for coupling in ("reflow", "ot_exact"):
         loss_fn, _ = O.make_loss(_cfg(coupling=coupling), A._ExactNet(S.RectifiedFlow(), "velocity"))
         with pytest.raises(ValueError, match="noise"):
-            loss_fn(g, {"x": x}, jax.random.key(0))
-        val, _ = loss_fn(g, {"x": x, "noise": -x}, jax.random.key(0))
-        assert np.isfinite(float(val))
+            jax.eval_shape(loss_fn, g, {"x": x}, jax.random.key(0))  # raises while tracing
+    # A supplied pairing is used as is: noise = x makes z = x for every t, and the velocity target 0.
+    zero_net = lambda params, z, t, cond, rng: jnp.zeros_like(z)
+    loss_fn, _ = O.make_loss(_cfg(coupling="reflow"), zero_net)
+    assert float(jax.jit(loss_fn)(None, {"x": x, "noise": x}, jax.random.key(0))[0]) == 0.0
 
 
 # -------------------------------------------------------------------------------------------------
