@@ -64,10 +64,12 @@ def _check_samples(z: Array, dim: int, name: str = "z") -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ExactNet:
-    """net_fn of an analytic denoiser: `params` is the distribution, the output is the exact
-    prediction of `kind` at (z, t). A frozen dataclass (hashable by value) so that rebuilding the
-    denoiser does not force `jax.jit` to retrace."""
+class ExactNet:
+    """The net_fn of an analytic denoiser: `ExactNet(schedule, kind)(dist, z [B, D], t [B], cond, rng)`
+    returns the exact prediction of `kind` at (z, t) for the distribution passed as `params`
+    (time input 't', no input scaling). A frozen dataclass (hashable by value) so that rebuilding
+    the denoiser does not force `jax.jit` to retrace; usable wherever a network's net_fn is (e.g.
+    `objectives.make_loss(cfg, ExactNet(schedule, kind))` evaluates the loss of the optimum)."""
 
     schedule: Schedule
     kind: str
@@ -80,7 +82,7 @@ class _ExactNet:
 def _analytic_denoiser(dist, schedule: Schedule, kind: str) -> Denoiser:
     check_kind(kind, "kind")
     return Denoiser(
-        net_fn=_ExactNet(schedule, kind),
+        net_fn=ExactNet(schedule, kind),
         schedule=schedule,
         kind=kind,
         precond=Preconditioning(time_input="t", input_scaling="none"),
@@ -451,6 +453,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "Distribution",
     "Empirical",
+    "ExactNet",
     "Gaussian",
     "GaussianMixture",
     "get_distribution",

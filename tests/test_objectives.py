@@ -40,7 +40,7 @@ def _exact_net(obj):
     if obj.preconditioning == "edm":
         return _ideal_edm_net(obj.sigma_data)
     assert obj.time_input == "t" and obj.input_scaling == "none"
-    return A._ExactNet(obj.schedule, obj.prediction)
+    return A.ExactNet(obj.schedule, obj.prediction)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_same_loss_whatever_the_output_kind(x64, sched, weighting, kinds):
         out = []
         for kind in kinds:
             cfg = _cfg(schedule=sched, prediction=kind, weighting=weighting, t_eps=1e-3)
-            loss_fn, _ = O.make_loss(cfg, A._ExactNet(S.get_schedule(sched), kind))
+            loss_fn, _ = O.make_loss(cfg, A.ExactNet(S.get_schedule(sched), kind))
             out.append(loss_fn(wrong, batch, jax.random.key(6))[0])
         return out
 
@@ -340,11 +340,11 @@ def test_couplings_in_the_loss():
     g = A.gmm_2d_ring(8, 2.0, 0.2, dtype=jnp.float32)
     x = g.sample(jax.random.key(11), 64)
     cfg = O.objective_preset("ot_cfm")
-    loss_fn, _ = O.make_loss(cfg, A._ExactNet(S.RectifiedFlow(), "velocity"))
+    loss_fn, _ = O.make_loss(cfg, A.ExactNet(S.RectifiedFlow(), "velocity"))
     val, metrics = jax.jit(loss_fn)(g, {"x": x}, jax.random.key(12))
     assert np.isfinite(float(val)) and set(metrics) >= {"loss", "mse", "eps_mse"}
     for coupling in ("reflow", "ot_exact"):
-        loss_fn, _ = O.make_loss(_cfg(coupling=coupling), A._ExactNet(S.RectifiedFlow(), "velocity"))
+        loss_fn, _ = O.make_loss(_cfg(coupling=coupling), A.ExactNet(S.RectifiedFlow(), "velocity"))
         with pytest.raises(ValueError, match="noise"):
             jax.eval_shape(loss_fn, g, {"x": x}, jax.random.key(0))  # raises while tracing
     # A supplied pairing is used as is: noise = x makes z = x for every t, and the velocity target 0.
