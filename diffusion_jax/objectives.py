@@ -3,7 +3,7 @@ with Simple Data Augmentation", NeurIPS 2023): schedule + prediction kind + weig
 distribution p(t) + coupling.
 
 Notation: z_t = alpha_t x + sigma_t eps, lambda_t = log(alpha_t^2 / sigma_t^2) (see `schedules`).
-Kingma & Gao (eq. 7-8) write every diffusion / flow-matching loss as
+Kingma & Gao (sec. 2-3) write every diffusion / flow-matching loss as
 
     L_w(x) = 1/2 E_{t ~ U(0,1), eps}[ w(lambda_t) (-d lambda/dt) ||eps_hat - eps||^2 ]
            = 1/2 E_{t ~ p(t), eps}[ w(lambda_t) (-d lambda/dt) / p(t) ||eps_hat - eps||^2 ],
@@ -28,14 +28,16 @@ output is mean ||eps_hat - eps||^2, `edm` + EDM preconditioning is EDM's eq. 8 l
 **Weightings** (`WEIGHTINGS`; W is the multiplier above, w the Kingma & Gao weighting):
   * ``elbo``      w = 1 (the continuous-time ELBO up to its constant; VDM, Kingma et al. 2021).
                   W = (-dlambda/dt) / (2 p(t)): importance-weighted.
-  * ``sigmoid``   w = sigmoid(b - lambda) (Kingma & Gao sec. 5.3; kwarg b, default 0). Importance-weighted.
+  * ``sigmoid``   w = sigmoid(b - lambda) (Kingma & Gao sec. 5, their monotonic weighting; kwarg b,
+                  default 0). Importance-weighted.
   * ``eps_mse``   W = 1: plain eps-MSE (Ho et al. 2020 L_simple); w = 2 p(lambda).
   * ``x0_mse``    plain x0-MSE: W = c_x0^2 = e^-lambda; w = 2 p(lambda) e^-lambda.
   * ``v_mse``     plain v-MSE (Salimans & Ho 2022): W = c_v^2; for VP paths 1 + e^-lambda, and with the
-                  cosine schedule and uniform t w = (2/pi) e^{-lambda/2} (Kingma & Gao sec. 4 / App. D).
+                  cosine schedule and uniform t w = (2/pi) e^{-lambda/2} (Kingma & Gao App. D,
+                  weightings of previous work).
   * ``fm``        plain flow-matching velocity MSE (Lipman et al. 2023 CFM loss; Liu et al. 2023):
                   W = c_velocity^2. For rectified flow / CondOT with uniform t, W = 1/(1-t)^2 and
-                  w = e^{-lambda/2} exactly (Kingma & Gao sec. 4, "flow matching with the OT path").
+                  w = e^{-lambda/2} exactly (Kingma & Gao App. D, flow matching with the OT path).
   * ``snr``       SNR-weighted x0-MSE (Hang et al. 2023, eq. 5 baseline): W = e^lambda c_x0^2 = 1,
                   i.e. the same loss as eps_mse (kept as a named, tested equivalence).
   * ``min_snr``   Min-SNR-gamma (Hang et al. 2023, eq. 6): x0-MSE weighted by min(SNR, gamma), W =
@@ -44,14 +46,14 @@ output is mean ||eps_hat - eps||^2, `edm` + EDM preconditioning is EDM's eq. 8 l
   * ``edm``       EDM (Karras et al. 2022, eq. 8 and Table 1): x0-MSE weighted by
                   lambda(sigma) = (sigma^2 + sigma_data^2)/(sigma sigma_data)^2 with sigma = sigma_t/alpha_t:
                   W = 1 + e^-lambda / sigma_data^2; w = 2 p(lambda)(e^-lambda + sigma_data^2)/sigma_data^2
-                  (Kingma & Gao App. D.3, with p the log-normal density of `lognormal_sigma`).
+                  (Kingma & Gao App. D, with p the log-normal density of `lognormal_sigma`).
 
 **Time distributions** (`TIME_DISTRIBUTIONS`, each with its exact density p(t)); every sample is
 clipped to [t_eps, 1 - t_eps] (the schedules are singular at an endpoint: lambda = +-inf); the
 densities are those of the unclipped laws (uniform is renormalised to the clipped interval):
   * ``uniform``       t ~ U(t_eps, 1 - t_eps).
-  * ``antithetic``    low-discrepancy: t_i = (u + i/B) mod 1 (Kingma et al. 2021, App. I.1); each t_i
-                      is marginally uniform.
+  * ``antithetic``    low-discrepancy: t_i = (u + i/B) mod 1 (Kingma et al. 2021, VDM, low-discrepancy
+                      sampler of the appendix); each t_i is marginally uniform.
   * ``stratified``    t_i = (i + u_i)/B, one draw per stratum; marginally uniform.
   * ``logit_normal``  t = sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024, SD3 eq. 19); kwargs m, s.
   * ``lognormal_sigma`` ln(sigma_t/alpha_t) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1 training),

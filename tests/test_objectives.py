@@ -156,7 +156,7 @@ T = np.linspace(0.01, 0.99, 99)  # float64 numpy: becomes a float64 jax array un
 
 
 def test_rectified_flow_fm_is_the_exp_minus_half_lambda_weighting(x64):
-    """Kingma & Gao sec. 4 / App. D: flow matching with the OT (linear) path and uniform t has
+    """Kingma & Gao App. D (weightings of previous work): flow matching with the OT path, uniform t, has
     w(lambda) = e^{-lambda/2}; equivalently the velocity MSE is the eps-MSE times 1/(1-t)^2."""
     obj = O.resolve_objective(_cfg(t_eps=0.0))
     lam = 2 * np.log((1 - T) / T)
@@ -166,7 +166,7 @@ def test_rectified_flow_fm_is_the_exp_minus_half_lambda_weighting(x64):
 
 
 def test_v_mse_cosine_is_the_exp_minus_half_lambda_weighting(x64):
-    """Kingma & Gao sec. 4: v-MSE with the cosine schedule (s = 0) and uniform t has w = e^{-lambda/2}
+    """Kingma & Gao App. D: v-MSE with the cosine schedule (s = 0) and uniform t has w = e^{-lambda/2}
     (here (2/pi) e^{-lambda/2}: the density of lambda is sech(lambda/2) / (2 pi))."""
     obj = O.resolve_objective(
         _cfg(schedule="vp_cosine", schedule_kwargs={"s": 0.0}, prediction="v", weighting="v_mse", t_eps=0.0)
@@ -203,7 +203,7 @@ def test_mse_weightings_closed_forms(x64):
 
 
 def test_edm_weighting_is_kingma_gao_appendix_d(x64):
-    """Kingma & Gao App. D.3: EDM's loss has w(lambda) = N(lambda; 2.4, 2.4^2) (e^-lambda + sd^2)/sd^2
+    """Kingma & Gao App. D: EDM's loss has w(lambda) = N(lambda; 2.4, 2.4^2) (e^-lambda + sd^2)/sd^2
     (lambda = -2 ln sigma with ln sigma ~ N(-1.2, 1.2^2)); ours carries the overall factor 2."""
     obj = O.resolve_objective(O.objective_preset("edm"))
     lam = np.asarray(obj.schedule.logsnr(T))
