@@ -46,8 +46,9 @@ def _push(buf: Array, x: Array) -> Array:
 
 def _step_order(order: int, i: Array, num_steps: int, lower_final: bool) -> Array:
     o = jnp.minimum(order, i + 1)
-    if lower_final:
-        o = jnp.minimum(o, num_steps - i)
+    # A select on a constant flag rather than a Python `if`: the traced program is then the same
+    # for every N (the "auto" rule switches at N = 15).
+    o = jnp.where(lower_final, jnp.minimum(o, num_steps - i), o)
     return o.astype(jnp.int32)
 
 
