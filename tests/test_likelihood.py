@@ -89,28 +89,29 @@ def test_hutchinson_unbiased(x64):
     sch = S.VPLinear()
     den = dist.denoiser(sch, "eps")
     z = dist.marginal(sch, 0.3).sample(jax.random.key(4), 3)
-    exact = L.divergence(den, z, 0.3, "exact")
-    # exact trace vs an independent finite-difference Jacobian
-    eps = 1e-6
-    fd = [
-        sum(
-            (den.velocity(z + eps * e, 0.3) - den.velocity(z - eps * e, 0.3))[:, i] / (2 * eps)
-            for i, e in enumerate(np.eye(2))
-        )
-    ]
-    np.testing.assert_allclose(exact, fd[0], rtol=1e-6, atol=1e-6)
+    div = jax.jit(lambda z, e: L.divergence(den, z, 0.3, "hutchinson", e))
+    exact = jax.jit(lambda z: L.divergence(den, z, 0.3, "exact"))(z)
+    # exact trace vs an independent central finite-difference Jacobian
+    h = 1e-6
+    fd = sum(
+        (den.velocity(z + h * e, 0.3) - den.velocity(z - h * e, 0.3))[:, i] / (2 * h)
+        for i, e in enumerate(np.eye(2))
+    )
+    np.testing.assert_allclose(exact, fd, rtol=1e-6, atol=1e-6)
     for kind in ("rademacher", "gaussian"):
         probes = L.draw_probes(jax.random.key(5), (3, 4096, 2), kind, jnp.float64)
-        per_probe = jax.vmap(lambda e: L.divergence(den, z, 0.3, "hutchinson", e[:, None]), in_axes=1)(probes)
+        per_probe = jax.vmap(lambda e: div(z, e[:, None]), in_axes=1)(probes)  # [4096, 3]
         mean, se = per_probe.mean(0), per_probe.std(0) / np.sqrt(4096)
         assert np.all(np.abs(mean - exact) < 4 * se + 1e-12), (kind, mean, exact, se)
         assert np.all(se > 0)  # the estimator is genuinely noisy
+    # all probes at once ([B, P, ...]) average the same way
+    np.testing.assert_allclose(div(z, probes), per_probe.mean(0), rtol=1e-10)
     # log-likelihood: 64 copies of one point, each with its own Rademacher probe
     x = jnp.tile(dist.sample(jax.random.key(6), 1), (64, 1))
-    kw = dict(rtol=1e-6, atol=1e-6, prior_logp=exact_prior(dist, sch))
+    kw = dict(rtol=1e-5, atol=1e-5, prior_logp=exact_prior(dist, sch))
     hut = L.log_likelihood(den, x, divergence_method="rademacher", key=jax.random.key(7), **kw).logp
-    ex = L.log_likelihood(den, x[:1], **kw).logp[0]
-    assert abs(float(hut.mean()) - float(ex)) < 4 * float(hut.std()) / 8 + 1e-6
+    ex = dist.marginal(sch, sch.t_min).log_prob(x[:1])[0]  # closed form (ODE error ~1e-5 at this tol)
+    assert abs(float(hut.mean()) - float(ex)) < 4 * float(hut.std()) / 8 + 1e-4
     assert float(hut.std()) > 0
 
 
