@@ -89,7 +89,10 @@ def test_tokenize_bytes():
 
 
 def test_byte_text_encoder_masks_padding():
-    enc = C.ByteTextEncoder(dim=16, depth=1, num_heads=2, max_len=8, rngs=nnx.Rngs(0))
+    @jax.jit
+    def enc(ids, mask):  # init + apply in one compiled program
+        return C.ByteTextEncoder(dim=16, depth=1, num_heads=2, max_len=8, rngs=nnx.Rngs(0))(ids, mask)
+
     ids, mask = C.tokenize_bytes(["cat", "a dog"], max_len=8)
     out = enc(jnp.asarray(ids), jnp.asarray(mask))
     assert out.shape == (2, 8, 16)

@@ -84,11 +84,34 @@ def init_split(cfg, *, seed: int = 0, mesh=None, rules=None):
     return graphdef, params, rest
 
 
+class _ShapeOnlyRngs:
+    """Stand-in for `nnx.Rngs` during abstract construction: any stream (`rngs.params()`, ...) returns
+    `fold_in(key, n)` with a Python counter. `nnx.Rngs` would update a traced counter Variable per
+    draw, and each update's sharding check costs time that grows with the traced graph (about 10x
+    the whole construction for ADM-64). Values never matter here: only shapes are produced."""
+
+    def __init__(self, seed: int = 0):
+        self._key, self._n = jax.random.key(seed), 0
+
+    def _next(self):
+        self._n += 1
+        return jax.random.fold_in(self._key, self._n)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._next
+
+    def __call__(self):
+        return self._next()
+
+
 def abstract_split(cfg):
-    """(graphdef, params, rest) with `jax.ShapeDtypeStruct` leaves: nothing allocated or compiled."""
+    """(graphdef, params, rest) with `jax.ShapeDtypeStruct` leaves (via `nnx.eval_shape`): nothing is
+    allocated or compiled. For parameter counts, sharding plans and shape checks."""
     from diffusion_jax.models import build_model
 
-    return split(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))
+    return split(nnx.eval_shape(lambda: build_model(cfg, rngs=_ShapeOnlyRngs(0))))
 
 
 def host_random_like(tree, *, seed: int = 0, scale: float = 0.3):
