@@ -6,7 +6,11 @@ Variants (`--config=configs/experiments/benchmark_samplers.py:<variant>`):
   quick  a handful of samplers, one grid, NFE in {5, 10, 20}, 256 samples (well under a minute).
 
 Any field can be overridden on the command line, e.g. `--config.denoiser.schedule=edm
---config.denoiser.kind=x0 --config.samplers=euler,heun`.
+--config.denoiser.kind=x0 --config.samplers=euler,heun`. A trained model:
+`--config.denoiser.source=checkpoint --config.denoiser.workdir=/path/to/run --config.x64=False
+--config.reference.rtol=1e-6 --config.reference.atol=1e-6` (float32 network: a 1e-10 reference is
+out of reach), plus `--config.data.name=none --config.denoiser.sample_shape="(28, 28, 1)"` when the
+model was not trained on an analytic distribution.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ GMM_WEIGHTS = (0.3, 0.2, 0.2, 0.15, 0.15)
 
 # The continuous-time grids (the `linspace` / `leading` / `trailing` spacings are for 1000-step
 # discrete models and are left out by default).
-DEFAULT_GRIDS = ("uniform", "karras", "logsnr")
+DEFAULT_GRIDS = ("karras", "logsnr", "uniform", "quadratic")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,12 +49,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.denoiser.shift = config_dict.placeholder(float)  # SD3 shift wrapped around the schedule
     c.denoiser.kind = "eps"  # prediction kind of the analytic denoiser
     c.denoiser.workdir = ""  # training workdir for source='checkpoint'
+    c.denoiser.ema = ""  # checkpoint weights: '' -> the first EMA copy, 'params' -> raw, or an EMA name
+    c.denoiser.step = config_dict.placeholder(int)  # checkpoint step (None -> the newest)
     # Sample shape for source='checkpoint' (the analytic source takes it from the mixture means).
     c.denoiser.sample_shape = config_dict.placeholder(tuple)
 
     # --- the data (exact samples for W2; the analytic denoiser's distribution) ----------------------
     c.data = ml_collections.ConfigDict()
-    c.data.name = "custom"  # 'custom' (the isotropic mixture below) or a name of analytic.DISTRIBUTIONS
+    # 'custom' (the isotropic mixture below), a name of analytic.DISTRIBUTIONS, or 'none' (no W2; for
+    # a checkpoint not trained on an analytic distribution).
+    c.data.name = "custom"
     c.data.kwargs = ml_collections.ConfigDict()  # arguments of analytic.get_distribution(name, ...)
     c.data.means = GMM_MEANS
     c.data.stds = GMM_STDS
@@ -63,11 +71,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.exclude_samplers = "dpm_solver,dpmpp_multistep,unipc"
     c.grids = ",".join(DEFAULT_GRIDS)  # comma-separated names of samplers.registry.list_grids()
     c.nfes = (5, 10, 20, 50, 100)  # target NFEs; each sampler uses the most steps whose NFE fits
-    c.adaptive_tols = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # rtol = atol sweep for adaptive solvers
+    # rtol = atol sweep for adaptive solvers (each tolerance is a separate compile: keep it short).
+    c.adaptive_tols = (1e-2, 1e-3, 1e-4, 1e-6)
     # Adaptive solvers integrate between the first grid's endpoints; diffrax's first trial step is
     # that grid's first interval at this many steps.
     c.adaptive_grid_steps = 10
-    c.sampler_kwargs = ml_collections.ConfigDict()  # per-sampler hyperparameters, {name: {...}}
+    # Per-sampler hyperparameters, {name: {...}}. EDM's stochastic sampler is deterministic Heun at its
+    # default S_churn = 0; benchmark it with churn (S_min / S_max in sigma~ units, Karras et al. 2022
+    # Alg. 2), S_noise = 1 since the denoiser is exact.
+    c.sampler_kwargs = ml_collections.ConfigDict(
+        {"edm_stochastic": {"s_churn": 40.0, "s_min": 0.05, "s_max": 50.0}}
+    )
     c.t_min = config_dict.placeholder(float)  # default: the schedule's t_min
     c.t_max = config_dict.placeholder(float)  # default: the schedule's t_max
     c.final_zero = False  # end every grid at t_min (the ODE is singular at t=0 for VP paths)
