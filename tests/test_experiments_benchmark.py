@@ -140,3 +140,19 @@ def test_bad_names_fail_before_running(field, value, valid):
     c[field] = value
     with pytest.raises(ValueError, match=valid):
         bench.resolve_names(c)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("source", "nonsense", "valid sources"),
+        ("source", "checkpoint", "workdir"),  # a checkpoint source needs a run directory
+        ("kind", "noise", "valid kinds"),
+        ("schedule", "vp_squiggly", "valid names"),
+    ],
+)
+def test_bad_denoiser_settings_fail_before_running(field, value, message):
+    c = _tiny_config()
+    c.denoiser[field] = value
+    with pytest.raises(ValueError, match=message):
+        bench.build_setup(c)
