@@ -57,6 +57,7 @@ def small_config():
     cfg.training.keep = 10
     cfg.training.log_every = 4
     cfg.training.ema_power = 0.05  # resume must also restore the power-EMA exactly
+    cfg.training.fast_compile = True  # unoptimised XLA: same values, less compile time
     return cfg
 
 

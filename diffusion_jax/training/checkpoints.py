@@ -322,6 +322,16 @@ def load_denoiser_from_checkpoint(workdir: str, ema: str | None = None, step: in
     return denoiser, cfg
 
 
+def load_denoiser_and_shape(workdir: str, ema: str | None = None, step: int | None = None):
+    """`load_denoiser_from_checkpoint` plus the per-sample shape: (denoiser, cfg, sample_shape),
+    e.g. sample_shape (2,) for toy data or (32, 32, 3) for CIFAR-10 (what `diffusion_jax.sample`
+    needs to draw the prior)."""
+    from diffusion_jax.training.build import data_shape
+
+    denoiser, cfg = load_denoiser_from_checkpoint(workdir, ema, step)
+    return denoiser, cfg, data_shape(cfg)
+
+
 __all__ = [
     "CKPT_DIR",
     "CONFIG_FILE",
@@ -331,6 +341,7 @@ __all__ = [
     "abstract_like",
     "gather_data_states",
     "load_config",
+    "load_denoiser_and_shape",
     "load_denoiser_from_checkpoint",
     "load_train_state",
     "save_config",

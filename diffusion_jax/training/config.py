@@ -104,20 +104,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def _validate_sampling_names(s):
-    try:
-        from diffusion_jax.samplers import registry
-    except ImportError:  # the samplers package is optional for training-only checks
-        return
-    names = getattr(registry, "SAMPLERS", None)
-    if names is not None:
-        _check_choice(s.sampler, tuple(names), "sampling.sampler")
-    try:
-        from diffusion_jax.samplers import grids
-    except ImportError:
-        return
-    gnames = getattr(grids, "GRIDS", None)
-    if gnames is not None:
-        _check_choice(s.grid, tuple(gnames), "sampling.grid")
+    from diffusion_jax.samplers import grids, registry
+
+    _check_choice(s.sampler, tuple(registry.list_samplers()), "sampling.sampler")
+    _check_choice(s.grid, tuple(grids.list_grids()), "sampling.grid")
 
 
 def _validate_objective(obj):

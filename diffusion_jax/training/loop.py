@@ -25,6 +25,7 @@ import numpy as np
 from diffusion_jax.training import checkpoints as ckpt_lib
 from diffusion_jax.training import distributed, sharding
 from diffusion_jax.training.build import (
+    FAST_COMPILE,
     build_loss,
     build_network,
     build_state,
@@ -80,7 +81,8 @@ def build_runtime(cfg, devices=None) -> Runtime:
     host_state, tx = build_state(cfg, net.params)
     state_sh = expand_shardings(sharding.state_shardings(host_state, mesh, rules), host_state)
     batch_sh = sharding.batch_sharding(mesh, rules, 1)
-    step_fn = jit_train_step(make_train_step(loss_fn, tx, cfg.training), mesh, state_sh, batch_sh)
+    opts = FAST_COMPILE if cfg.training.get("fast_compile", False) else None
+    step_fn = jit_train_step(make_train_step(loss_fn, tx, cfg.training), mesh, state_sh, batch_sh, opts)
     return Runtime(cfg, mesh, rules, net, denoiser, state_sh, batch_sh, step_fn, host_state)
 
 
@@ -90,13 +92,14 @@ def _host_batch_transform(cfg):
     never waits for the assignment solver. The pairing noise of step s on process p is drawn from
     `default_rng([seed, s, p])`, hence reproducible across resumes."""
     coupling = cfg.objective.get("coupling", "independent")
+    conditional = bool(cfg.model.get("num_classes", 0))
     if coupling != "ot_exact":
-        return lambda batch, step: to_model_batch(batch)
+        return lambda batch, step: to_model_batch(batch, conditional)
     from diffusion_jax import objectives
 
     def transform(batch, step):
         rng = np.random.default_rng([int(cfg.seed), 0x07, int(step), jax.process_index()])
-        return objectives.pair_batch_exact_ot(to_model_batch(batch), rng)
+        return objectives.pair_batch_exact_ot(to_model_batch(batch, conditional), rng)
 
     return transform
 

@@ -153,13 +153,16 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, training_
     return step
 
 
-def jit_train_step(step_fn: Callable, mesh: Mesh, state_sharding, batch_sharding) -> Callable:
+def jit_train_step(
+    step_fn: Callable, mesh: Mesh, state_sharding, batch_sharding, compiler_options: dict | None = None
+) -> Callable:
     """Compile `step_fn` with explicit shardings; the incoming state's buffers are donated.
 
     Args:
       mesh: the device mesh (metrics come back replicated over it).
       state_sharding: a TrainState-shaped pytree of `NamedSharding` (from `sharding.state_shardings`).
       batch_sharding: a `NamedSharding` (or batch-shaped pytree of them) for the global batch.
+      compiler_options: XLA options (e.g. `build.FAST_COMPILE` for CPU tests).
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
@@ -167,6 +170,7 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, state_sharding, batch_sharding
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
+        compiler_options=compiler_options,
     )
 
 
