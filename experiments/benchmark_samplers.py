@@ -308,18 +308,29 @@ def static_nfe(sampler, num_steps: int, final_zero: bool = False):
         return sampler.nfe(num_steps)
 
 
-def steps_for_nfe(sampler, schedule, target: int, final_zero: bool = False) -> int | None:
+def steps_for_nfe(sampler, schedule, target: int, final_zero: bool = False) -> int:
     """The largest number of steps whose NFE by the sampler's own accounting (`sampler.nfe`) is
-    <= target and which the sampler accepts (`sampler.validate`); None if there is none."""
-    best = None
+    <= target and which the sampler accepts (`sampler.validate`).
+
+    Raises ValueError if there is none: the sampler's own message when it rejects every step count
+    (e.g. a schedule it cannot handle), else one naming the target and nfe(1).
+    """
+    best, why = None, None
     for n in range(1, target + 1):
+        if static_nfe(sampler, n, final_zero) > target:
+            break
         try:
-            if static_nfe(sampler, n, final_zero) > target:
-                break
             sampler.validate(schedule, n)
-        except ValueError:
+        except ValueError as e:
+            why = e
             continue
         best = n
+    if best is None:
+        if why is not None:
+            raise why
+        raise ValueError(
+            f"no number of steps has NFE <= {target} (nfe(1) = {static_nfe(sampler, 1, final_zero)})"
+        )
     return best
 
 
@@ -486,10 +497,6 @@ def _run(config, progress: bool) -> dict:
                 key = (name, tol)
             else:
                 num_steps = steps_for_nfe(s, schedule, target, config.final_zero)
-                if num_steps is None:
-                    raise ValueError(
-                        f"no number of steps has NFE <= {target} (nfe(1) = {static_nfe(s, 1, config.final_zero)})"
-                    )
                 key = (name, None)
             grid_np = np.asarray(
                 make_grid(g, num_steps, schedule, t_min=t_min, t_max=t_max, final_zero=config.final_zero),
