@@ -7,6 +7,7 @@ file is the default config file); any field can be overridden, e.g. `--config.sa
 
 Config fields (`get_default_config`):
   denoiser.source        'analytic' (exact denoiser of `analytic.DISTRIBUTIONS`) or 'checkpoint'
+                         (the run in --workdir; denoiser.ema / denoiser.step pick the weights)
   denoiser.distribution  analytic distribution name;  denoiser.distribution_kwargs: its options
   denoiser.kind          prediction kind the analytic denoiser emits (any of predictions.KINDS)
   schedule.name / .kwargs / .shift   the path (`schedules.get_schedule`)
@@ -48,6 +49,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     d.distribution = "gmm_2d_ring"
     d.distribution_kwargs = ml_collections.ConfigDict()
     d.kind = "eps"
+    d.ema = ml_collections.config_dict.placeholder(str)  # checkpoint weights: None = first EMA copy
+    d.step = ml_collections.config_dict.placeholder(int)  # checkpoint step: None = newest
     s = cfg.schedule = ml_collections.ConfigDict()
     s.name = "vp_linear"
     s.kwargs = ml_collections.ConfigDict()
@@ -73,18 +76,19 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
 
 def load_denoiser_from_checkpoint(workdir: str, cfg: ml_collections.ConfigDict):
-    """Hook for trained models. Returns (denoiser, sample_shape).
+    """Trained model of the run in `workdir`: returns (denoiser, sample_shape).
 
-    TODO(training): restore the newest checkpoint of `workdir` (EMA parameters by default), rebuild
-    the network from the run's saved config, and return
-      * a `predictions.Denoiser` (net_fn, schedule, kind, precond and params as trained), and
-      * the per-sample shape, e.g. (32, 32, 3) or (D,),
-    raising ValueError naming the field when the checkpoint or config is unusable.
+    Delegates to `training.checkpoints.load_denoiser_and_shape` (newest readable checkpoint unless
+    `config.denoiser.step` is set; weights `config.denoiser.ema`: None = the first EMA copy,
+    "params" = raw parameters, or an EMA name). The schedule / prediction kind / preconditioning are
+    the ones the model was trained with (`config.schedule` is ignored for checkpoints).
     """
-    raise NotImplementedError(
-        "denoiser.source='checkpoint' is not available yet: implement "
-        "diffusion_jax.sample.load_denoiser_from_checkpoint(workdir, cfg) -> (Denoiser, sample_shape)"
+    from diffusion_jax.training import checkpoints
+
+    denoiser, _, shape = checkpoints.load_denoiser_and_shape(
+        workdir, ema=cfg.denoiser.get("ema"), step=cfg.denoiser.get("step")
     )
+    return denoiser, tuple(int(s) for s in shape)
 
 
 def _kwargs(c) -> dict:
@@ -132,6 +136,7 @@ def build(cfg: ml_collections.ConfigDict, workdir: str | None):
         if not workdir:
             raise ValueError("config.denoiser.source='checkpoint' needs --workdir")
         denoiser, shape = load_denoiser_from_checkpoint(workdir, cfg)
+        schedule = denoiser.schedule  # the grid follows the path the model was trained on
     try:
         sampler = registry.get_sampler(cfg.sampler.name, **_kwargs(cfg.sampler.kwargs))
     except (ValueError, TypeError) as e:

@@ -183,8 +183,38 @@ def test_sampling_cli(tmp_path):
             cli.build(bad, str(tmp_path))
     bad = cli.get_default_config()
     bad.denoiser.source = "checkpoint"
-    with pytest.raises(NotImplementedError, match="load_denoiser_from_checkpoint"):
-        cli.build(bad, str(tmp_path))
+    with pytest.raises(ValueError, match="workdir"):
+        cli.build(bad, None)
+
+
+def test_sampling_cli_checkpoint_source(tmp_path, monkeypatch):
+    """denoiser.source='checkpoint' goes through training.checkpoints.load_denoiser_and_shape and
+    builds the grid on the checkpoint's own schedule (not config.schedule)."""
+    from diffusion_jax import analytic
+    from diffusion_jax import sample as cli
+    from diffusion_jax.samplers import grids
+    from diffusion_jax.training import checkpoints
+
+    rf = S.RectifiedFlow(t_max=0.999)
+    den = analytic.gmm_2d_ring().denoiser(rf, "velocity")
+    seen = {}
+
+    def fake(workdir, ema=None, step=None):
+        seen.update(workdir=workdir, ema=ema, step=step)
+        return den, None, (2,)
+
+    monkeypatch.setattr(checkpoints, "load_denoiser_and_shape", fake)
+    cfg = cli.get_default_config()
+    cfg.denoiser.source = "checkpoint"
+    cfg.denoiser.ema = "params"
+    cfg.seeds = "0-2"
+    cfg.grid.name = "uniform"
+    cfg.grid.num_steps = 3
+    d, _, grid, _, shape, _ = cli.build(cfg, str(tmp_path))
+    assert d is den and shape == (2,) and seen == {"workdir": str(tmp_path), "ema": "params", "step": None}
+    np.testing.assert_allclose(grid, np.asarray(grids.make_grid("uniform", 3, rf)))
+    cli.run_sampling(cfg, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "samples"))[:3] == ["000000.npz", "000001.npz", "000002.npz"]
     listing = cli.format_listing()
     for name in list(st.SAMPLERS) + ["karras", "uniform"]:
         assert f"  {name}" in listing
