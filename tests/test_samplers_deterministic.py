@@ -227,6 +227,10 @@ def test_registry_listing_and_errors():
     for n in ("unipc_bh1", "unipc_bh2", "ipndm", "dopri5", "tsit5"):
         assert n in names
     assert registry.list_samplers("adaptive") == ["dopri5", "tsit5"]
+    from diffusion_jax.samplers import stochastic
+
+    assert registry.list_samplers("stochastic") == sorted(stochastic.SAMPLERS)
+    assert all(registry.sampler_class(n).name == n for n in names)
     assert set(registry.list_samplers("multistep")) == set(registry.MULTISTEP)
     assert "karras" in registry.list_grids()
     s3 = registry.get_sampler("dpm_solver", order=3)

@@ -44,23 +44,13 @@ ADAPTIVE: dict[str, type[Sampler]] = {
     "tsit5": adaptive.Tsit5,
 }
 
-# Class names in `stochastic.py` (imported lazily: that module is owned and evolved separately).
-_STOCHASTIC_CLASSES: dict[str, str] = {
-    "euler_maruyama": "EulerMaruyama",
-    "ddpm": "DDPMAncestral",
-    "ddim_eta": "DDIMStochastic",
-    "euler_ancestral": "EulerAncestral",
-    "edm_stochastic": "EDMStochastic",
-    "dpmpp_2m_sde": "DPMpp2MSDE",
-    "dpmpp_3m_sde": "DPMpp3MSDE",
-    "pc": "PredictorCorrector",
-}
-
 
 def _stochastic() -> dict[str, type[Sampler]]:
+    # Imported here, not at module level: `stochastic.py` is owned and evolved separately, and its own
+    # explicit `SAMPLERS` dict is the listing of its samplers.
     from diffusion_jax.samplers import stochastic
 
-    return {name: getattr(stochastic, cls) for name, cls in _STOCHASTIC_CLASSES.items()}
+    return dict(stochastic.SAMPLERS)
 
 
 def _all() -> dict[str, type[Sampler]]:
