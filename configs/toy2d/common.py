@@ -15,6 +15,7 @@ import ml_collections
 
 from configs import base
 from configs.models import mlp
+from diffusion_jax.data.toy2d import TOY_SAMPLERS
 
 # name -> (objective preset, sampler, grid). Deterministic ODE samplers on the probability-flow
 # ODE: Euler on the straight RF / OT paths, Heun (EDM's 2nd-order sampler, Karras et al. 2022
@@ -27,7 +28,8 @@ FORMULATIONS = {
     "rf_logit_normal": ("rf_logit_normal", "euler", "uniform"),
     "ot_cfm": ("ot_cfm", "euler", "uniform"),
 }
-DATASETS = ("moons", "8gaussians", "checkerboard", "spirals", "gaussian")
+# Every toy the data layer defines is a variant (explicit table in diffusion_jax.data.toy2d).
+DATASETS = tuple(sorted(TOY_SAMPLERS))
 DEFAULT_DATASET = "moons"
 
 

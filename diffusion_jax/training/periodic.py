@@ -42,6 +42,8 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
       denoiser: a `predictions.Denoiser` with params set.
       seed: base seed (default `cfg.sampling.seed`).
       labels: optional int [n] class labels (class-conditional models; default i % num_classes).
+        With `sampling.guidance_scale != 1` the samples use classifier-free guidance against the
+        null label (`objective.null_label`, default num_classes).
       mesh: if given, the batch is split over all its devices (replicated output); params must be
         placed compatibly (global arrays from the train state are).
     """
@@ -50,15 +52,28 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
     schedule = denoiser.schedule
     sampler, grid = _sampler_and_grid(cfg, schedule)
     num_classes = int(cfg.model.get("num_classes", 0) or 0)
+    null_label = int(cfg.objective.get("null_label", -1))
+    null_label = num_classes if null_label < 0 else null_label
     if labels is None and num_classes:
         labels = np.arange(n) % num_classes
     t0 = grid[0]
 
+    scale = float(cfg.sampling.guidance_scale)
+
     def run(params, keys, lab):
         z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape, jnp.float32))(keys)
         z = z * schedule.sigma(t0).astype(jnp.float32)
-        cond = None if lab is None else {"label": lab}
-        d = denoiser.replace(params=params, cond=cond)
+        d = denoiser.replace(params=params, cond=None)
+        if lab is not None:
+            cond = {"label": lab}
+            if scale != 1.0:
+                # Classifier-free guidance against the null label (Ho & Salimans 2022).
+                from diffusion_jax.samplers.guidance import cfg_denoiser
+
+                null = jnp.full_like(lab, null_label)
+                d = cfg_denoiser(d, cond, {"label": null}, scale)
+            else:
+                d = d.replace(cond=cond)
         return sampler.run(d, z, grid, keys).samples
 
     keys = sample_keys(seed, 0, n)
