@@ -849,6 +849,11 @@ def plot_results(result: dict, out_dir: str) -> None:
     if meta["w2_num_samples"]:
         figures.append(("w2_vs_nfe.png", [("w2", "W2 to data")]))
     ncol = len(grids)
+
+    def fig_height(n_rows):
+        # Tall enough for the legend: one line per sampler plus the reference lines.
+        return max(4.2 * n_rows, 0.2 * (len(names) + 4))
+
     ok = [r for r in rows if r["status"] == "ok" and r["nfe"] != ""]
     nfe_vals = [r["nfe"] for r in ok] or [1, 100]
     xlim = (min(nfe_vals) / 1.25, max(nfe_vals) * 1.25)
@@ -861,7 +866,11 @@ def plot_results(result: dict, out_dir: str) -> None:
         ylims[key] = (min(ys) / 2, max(ys) * 2) if ys else (1e-3, 1.0)
     for fname, panels in figures:
         fig, axes = plt.subplots(
-            len(panels), ncol, figsize=(4.6 * ncol + 2.6, 4.2 * len(panels)), squeeze=False, sharey="row"
+            len(panels),
+            ncol,
+            figsize=(4.6 * ncol + 2.6, fig_height(len(panels))),
+            squeeze=False,
+            sharey="row",
         )
         handles = {}
         for row_i, (key, ylabel) in enumerate(panels):
@@ -900,8 +909,16 @@ def plot_results(result: dict, out_dir: str) -> None:
             list(handles.values()), list(handles.keys()), loc="center right", fontsize=7, frameon=False
         )
         fig.suptitle(meta["description"], fontsize=9)
-        width = 4.6 * ncol + 2.6
-        fig.tight_layout(rect=(0, 0, 1 - 2.5 / width, 0.96))
+        # Fixed margins in inches (tight_layout measures every log-axis tick label: seconds per figure).
+        width, height = 4.6 * ncol + 2.6, fig_height(len(panels))
+        fig.subplots_adjust(
+            left=0.85 / width,
+            right=1 - 2.5 / width,
+            bottom=0.6 / height,
+            top=1 - 0.8 / height,
+            wspace=0.08,
+            hspace=0.45,
+        )
         fig.savefig(os.path.join(out_dir, fname), dpi=110)
         plt.close(fig)
 
