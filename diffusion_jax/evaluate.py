@@ -4,7 +4,7 @@ Loads the newest readable checkpoint of DIR (or --step), draws `eval.num_samples
 config's sampler (`sampling.*`, overridable) from the chosen weights (--ema: '' = first EMA copy,
 'params', or an EMA name), computes the low-dimensional metrics (toy 2-D: exact W2 with POT and MMD
 against fresh data samples), writes `eval/<step>.json` and a sample PNG, and prints the metrics.
---config is optional: by default the run's own config.json is used, and overrides apply to it.
+--config is optional: by default the run's own config.json is used (`--config.*` overrides need --config).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: the run's config.json).")
@@ -55,6 +56,9 @@ def evaluate(cfg, workdir: str, *, ema: str | None = None, step: int | None = No
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax logs every save/restore at INFO; keep the console to warnings unless -v is given.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     from diffusion_jax.training import checkpoints

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,6 +36,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax logs every save/restore at INFO; keep the console to warnings unless -v is given.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if _WORKDIR.value is None or _CONFIG.value is None:
         raise app.UsageError("--config and --workdir are required")
     import jax

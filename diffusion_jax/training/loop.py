@@ -165,7 +165,7 @@ def train(
         # Iterator states count global batches, so process 0's state also positions a process that
         # did not exist in the saved run (the data layer refuses incompatible batch sizes).
         it.set_state(data_states.get(str(pid), data_states["0"]))
-        log.info("resumed from checkpoint %d", start)
+        log.warning("resumed from checkpoint %d in %s", start, ckpt.directory)
     else:
         state = distributed.global_from_host(rt.host_state, rt.state_sharding)
         start = 0
