@@ -111,10 +111,11 @@ def test_ddim_is_euler_in_sigma_tilde_coordinates(x64):
     """DDIM (eta = 0) = Euler on dx~/dsigma~ = eps-hat with x~ = z/alpha (Song et al. 2021, eq. 14),
     checked against a hand-written loop, to float64 round-off; DPM-Solver-1 is the same update."""
     sch, den, grid, z = _vp_gmm_setup("eps", final_zero=True)
+    eps_fn = jax.jit(lambda d, z, t: d.eps(z, t))
     x = z / sch.alpha(grid[0])
     for t_c, t_n in zip(grid[:-1], grid[1:], strict=True):
         zc = x * sch.alpha(t_c)
-        eps = den.eps(zc, t_c)
+        eps = eps_fn(den, zc, t_c)
         x = x + (sch.sigma(t_n) / sch.alpha(t_n) - sch.sigma(t_c) / sch.alpha(t_c)) * eps
     ref = x * sch.alpha(grid[-1])
     for sampler in (det.DDIM(), det.Euler(coords="sigma"), det.DPMSolver1()):
@@ -129,9 +130,10 @@ def test_ddim_is_flow_matching_euler_on_linear_path(x64):
     den = gmm.denoiser(sch, "velocity")
     grid = make_grid("uniform", 10, sch)  # from t = 1 (pure noise) to 0 (data)
     z = jax.random.normal(jax.random.key(2), (32, 2), jnp.float64)
+    raw = jax.jit(lambda d, z, t: d.raw(z, t))
     ref = z
     for t_c, t_n in zip(grid[:-1], grid[1:], strict=True):
-        ref = ref + (t_n - t_c) * den.raw(ref, t_c)  # the network's own velocity output
+        ref = ref + (t_n - t_c) * raw(den, ref, t_c)  # the network's own velocity output
     for sampler in (det.DDIM(), det.Euler()):
         out = _run(sampler, den, z, grid)
         np.testing.assert_allclose(out.samples, ref, rtol=1e-12, atol=1e-13, err_msg=sampler.name)
@@ -147,8 +149,10 @@ def test_heun_matches_edm_algorithm_1(x64):
     sig = np.asarray(sch.sigma(grid))
     z = jnp.asarray(sig[0] * np.random.default_rng(0).standard_normal((16, 2)))
 
+    x0 = jax.jit(lambda d, x, t: d.x0(x, t))
+
     def D(x, s):  # the denoiser at noise level s (EDM's D(x; sigma))
-        return np.asarray(den.x0(jnp.asarray(x), jnp.asarray(s / sch.sigma_max)))
+        return np.asarray(x0(den, jnp.asarray(x), jnp.asarray(s / sch.sigma_max)))
 
     x = np.asarray(z)
     for i in range(n + 1):

@@ -31,8 +31,12 @@ def _run(sampler, den, z, grid, **kw):
     return jax.jit(lambda d, z, g: sampler.run(d, z, g, **kw))(den, z, grid)
 
 
+_jit_x0 = jax.jit(lambda den, z, t: den.x0(z, t))  # one compile instead of op-by-op dispatch
+_jit_eps = jax.jit(lambda den, z, t: den.eps(z, t))
+
+
 def _x0(den, z, t):
-    return np.asarray(den.x0(jnp.asarray(z), jnp.asarray(t, jnp.float64)))
+    return np.asarray(_jit_x0(den, jnp.asarray(z), jnp.asarray(t, jnp.float64)))
 
 
 def dpmpp_2m_reference(den, z, grid, last_first_order):
@@ -148,7 +152,7 @@ def test_ipndm_matches_transcription(x64):
         a_c, s_c, _ = _np_coeffs(sch, g[i])
         t_n = jnp.asarray(g[i + 1], jnp.float64)
         a_n, s_n = float(sch.alpha(t_n)), float(sch.sigma(t_n))
-        eps_hist.insert(0, np.asarray(den.eps(jnp.asarray(x), jnp.asarray(g[i], jnp.float64))))
+        eps_hist.insert(0, np.asarray(_jit_eps(den, jnp.asarray(x), jnp.asarray(g[i], jnp.float64))))
         c = coef[min(4, i + 1) - 1]
         d = sum(cj * e for cj, e in zip(c, eps_hist, strict=False))
         x = a_n * (x / a_c + (s_n / a_n - s_c / a_c) * d)
