@@ -223,8 +223,9 @@ class DPMSolverPP3M(DPMSolverPPMultistep):
 
 def _unipc_rb(rks: Array, h: Array, variant: str, p: int):
     """UniPC's linear system (Zhao et al. 2023, "UniPC", Algorithm 2/3 and eq. (8)-(9), data
-    prediction, hh = -h): R[k, j] = r_j^k and b_k = k! phi_{k+1}(hh) hh / B(hh) (k = 0..p-1), with
-    B(h) = h (bh1) or e^h - 1 (bh2); phi_{k+1} built by the recursion phi_{k+1}(h) = (phi_k(h) - 1/k!)/h.
+    prediction, hh = -h): for k = 1..p, row k of R is r^(k-1) (r = rks [p], the last entry 1) and
+    b_k = k! hh phi_{k+1}(hh) / B(hh), with phi_1(x) = (e^x - 1)/x, phi_{k+1}(x) = (phi_k(x) - 1/k!)/x
+    and B(h) = h (bh1) or e^h - 1 (bh2).
     Returns (R [p, p], b [p], B(hh), hh phi_1(hh) = e^{hh} - 1)."""
     hh = -h
     h_phi_1 = jnp.expm1(hh)
