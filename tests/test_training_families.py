@@ -50,9 +50,8 @@ def _one_step(cfg, tmp_path):
     assert max(moved) > 0
 
 
-@pytest.mark.parametrize(
-    "formulation", ["vp_eps", "vp_v_cosine", "edm", "rf_uniform", "rf_logit_normal", "ot_cfm"]
-)
+# vp_eps, rf_uniform and rf_logit_normal also train in the multi-host, resume and device tests.
+@pytest.mark.parametrize("formulation", ["vp_v_cosine", "edm", "ot_cfm"])
 def test_toy2d_one_step(formulation, tmp_path):
     cfg = importlib.import_module(f"configs.toy2d.{formulation}").get_config("spirals_tiny")
     _one_step(cfg, tmp_path)
