@@ -76,14 +76,24 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
                 d = d.replace(cond=cond)
         return sampler.run(d, z, grid, keys).samples
 
-    keys = sample_keys(seed, 0, n)
-    lab = None if labels is None else jnp.asarray(labels, jnp.int32)
+    key_data = np.asarray(jax.random.key_data(sample_keys(seed, 0, n)))
+    lab = None if labels is None else np.asarray(labels, np.int32)
+
+    def run_raw(params, kd, lab):
+        return run(params, jax.random.wrap_key_data(kd), lab)
+
     if mesh is not None:
+        # Inputs become global (replicated) arrays so the same program runs on every process of a
+        # multi-host mesh; the output is replicated, so each process can read it.
+        from diffusion_jax.training.distributed import global_from_host
+
         rep = NamedSharding(mesh, PartitionSpec())
-        fn = jax.jit(run, out_shardings=rep)
+        key_data = global_from_host(key_data, rep)
+        lab = None if lab is None else global_from_host(lab, rep)
+        fn = jax.jit(run_raw, out_shardings=rep)
     else:
-        fn = jax.jit(run)
-    out = fn(denoiser.params, keys, lab)
+        fn = jax.jit(run_raw)
+    out = fn(denoiser.params, key_data, lab)
     return np.asarray(jax.device_get(out))
 
 
