@@ -51,6 +51,13 @@ import numpy as np
 
 FAMILIES = ("deterministic", "multistep", "adaptive", "stochastic")
 REFERENCE_SOLVERS = ("dopri8", "dopri5", "tsit5")
+# The samplers issue 3 asks for (sections 2-3), by registry name: listed in the report if absent.
+EXPECTED_SAMPLERS = (
+    "euler", "heun", "midpoint", "rk4", "ddim", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3",
+    "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc_bh1", "unipc_bh2", "ipndm", "dopri5", "tsit5",
+    "euler_maruyama", "ddpm", "ddim_eta", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde",
+    "dpmpp_3m_sde", "pc",
+)  # fmt: skip
 FLOOR_FACTOR = 10.0  # errors below FLOOR_FACTOR x the reference's own error are not used for orders
 
 
@@ -516,8 +523,9 @@ def _run(config, progress: bool) -> dict:
         try:
             x, nfe = jitted[key](den, z0, jnp.asarray(grid_np, dtype), sampler_keys)
             x = np.asarray(jax.block_until_ready(x), np.float64)
-        except (ValueError, NotImplementedError, TypeError) as e:
-            row["status"] = f"failed: {type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - one broken sampler must not sink the whole benchmark
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            row["status"] = f"failed: {type(e).__name__}: {first_line}"
             skipped.append((name, row["grid"], target if tol is None else tol, row["status"]))
             rows.append(row)
             continue
@@ -550,12 +558,7 @@ def _run(config, progress: bool) -> dict:
 
     ref_self_err = max((r["self_err"] for r in refs.values()), default=float("nan"))
     orders = convergence_orders(rows, int(config.order_min_nfe), ref_self_err)
-    missing = []
-    try:
-        listed = set(reg.list_samplers())
-        missing = [n for n in _csv_names(config.samplers) if n != "all" and n not in listed]
-    except Exception:  # noqa: BLE001 - informative only
-        pass
+    missing = [n for n in EXPECTED_SAMPLERS if n not in set(reg.list_samplers())]
     meta = {
         "description": setup.description,
         "variant": config.get("variant", ""),
@@ -810,7 +813,9 @@ def markdown_report(result: dict) -> str:
             )
         )
     if meta.get("missing_samplers"):
-        blocks.append(f"Samplers not in the registry: {meta['missing_samplers']}")
+        blocks.append(f"Samplers of issue 3 not in the registry: {meta['missing_samplers']}")
+    else:
+        blocks.append("Every sampler of issue 3 is in the registry.")
     blocks.append(f"Wall time {meta['wall_seconds']:.0f} s on {meta['machine']}, {meta['date_utc']}.")
     return "\n\n".join(b.strip("\n") for b in blocks) + "\n"
 
