@@ -143,3 +143,18 @@ def test_lookup_errors_list_the_valid_names_and_samplers_are_deterministic():
     b = toy2d.sample_toy("spirals", jax.random.key(5), 16)
     assert a.shape == (16, 2) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
+
+
+def test_gmm_toy_matches_its_closed_form_moments():
+    """The 'gmm' toy: 8 equal-weight modes, std 0.2, radius 2, so E[x] = 0 and the per-coordinate
+    variance is r^2 / 2 + std^2 = 2.04 (the means' spread plus the component variance)."""
+    x = _draw("gmm")
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=5 * math.sqrt(2.04 / N))
+    # Var of x_i^2 is bounded by E x^4 ~ 3 * 2.04^2; 5 standard errors.
+    np.testing.assert_allclose(x.var(0), 2.04, atol=5 * math.sqrt(3 * 2.04**2 / N))
+    r = np.linalg.norm(x, axis=1)
+    assert abs(np.median(r) - 2.0) < 0.05
+    # It is the same law as the analytic mixture whose exact density the library uses.
+    dist = toy2d.toy_gmm()
+    assert dist.means.shape == (8, 2)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(dist.means), axis=1), 2.0, rtol=1e-6)

@@ -7,7 +7,8 @@ the same deterministic sampler budget; `FORMULATIONS[name]` only picks the objec
 (`diffusion_jax.objectives.objective_preset`) and the sampler/grid that suit its path.
 
 Datasets (`get_config(arg)`): the `diffusion_jax.data.toy2d` names (moons, 8gaussians,
-checkerboard, spirals, gaussian). An arg 'tiny' (or 'moons_tiny', ...) shrinks everything for
+checkerboard, spirals, gaussian, and gmm: the analytic 8-mode mixture with an exact
+denoiser and density, `diffusion_jax.analytic.gmm_2d_ring`). An arg 'tiny' (or 'moons_tiny', ...) shrinks everything for
 tests: tiny MLP, batch 32, 4 steps, no periodic hooks.
 """
 

@@ -35,6 +35,11 @@ torchdyn's ``generate_moons`` (``torchdyn/datasets/static_datasets.py``):
     (three independent uniforms), the point is ``d`` or ``-d`` (FFJORD: exactly half each; here
     ``Bernoulli(1/2)``), divided by 3, plus ``N(0, 0.1^2 I)``. Symmetric, so the mean is 0.
 
+``gmm``  -- the analytic mixture ``diffusion_jax.analytic.gmm_2d_ring()`` (this project's definition):
+    8 equal-weight isotropic Gaussians, std 0.2, means on a circle of radius 2 at angles ``k * pi / 4``.
+    Its exact denoiser, score and log-density are known (``analytic.GaussianMixture``), so a model trained
+    on it can be compared with the optimal denoiser, and samples scored by their exact log-density.
+
 Also a pair sampler (``sample_pair``) drawing independent source/target samples, e.g. torchcfm's
 "8gaussians -> moons" experiment.
 """
@@ -114,12 +119,25 @@ def sample_spirals(key: Array, n: int) -> Array:
     return d + SPIRALS_GAUSSIAN_STD * jax.random.normal(k_eps, (n, 2), jnp.float32)
 
 
+def toy_gmm():
+    """The analytic mixture behind the ``gmm`` toy (exact denoiser and density), float32."""
+    from diffusion_jax import analytic
+
+    return analytic.gmm_2d_ring(dtype=jnp.float32)
+
+
+def sample_gmm(key: Array, n: int) -> Array:
+    """Exact draws of the ``gmm`` toy (``toy_gmm()``). Returns ``[n, 2]`` float32."""
+    return toy_gmm().sample(key, n).astype(jnp.float32)
+
+
 TOY_SAMPLERS: dict[str, Callable[[Array, int], Array]] = {
     "gaussian": sample_gaussian,
     "8gaussians": sample_8gaussians,
     "moons": sample_moons,
     "checkerboard": sample_checkerboard,
     "spirals": sample_spirals,
+    "gmm": sample_gmm,
 }
 """Explicit name -> sampler table (no registration by import side effect)."""
 
