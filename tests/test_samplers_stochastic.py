@@ -67,10 +67,17 @@ def test_stochastic_samplers_reproduce_gmm(x64, sampler, sch, kind, n_steps):
     w1 = scipy.stats.wasserstein_distance(np.asarray(out.samples)[:, 0], ref)
     assert np.all(np.isfinite(out.samples))
     assert w1 < W1_TOL, (sampler.name, w1, floor)
+    assert int(out.nfe) == sampler.nfe(n_steps, final_zero=False)
     if sampler.name == "edm_stochastic":
         assert int(out.nfe) == 2 * n_steps  # grid ends at sigma_min > 0: Heun on every step
-    elif sampler.name != "pc":
+    else:
         assert int(out.nfe) == n_steps
+
+
+def test_edm_stochastic_static_nfe():
+    """Karras et al. 2022, Alg. 2: Heun on every step but an Euler last step to sigma = 0."""
+    assert st.EDMStochastic().nfe(18, final_zero=True) == 35  # the paper's 35 NFE for 18 steps
+    assert st.EDMStochastic().nfe(18) == st.EDMStochastic().nfe(18, final_zero=False) == 36
 
 
 def test_predictor_corrector_16d(x64):

@@ -59,7 +59,10 @@ class Sampler:
       init(denoiser, z, grid) -> carry          (carry['z'] = z, carry['nfe'] = 0 by default)
       step(denoiser, carry, t_cur, t_next, i, keys, num_steps) -> carry
       finalize(denoiser, carry) -> samples [B, ...]
-      nfe(num_steps) -> int: static NFE accounting (documented per sampler)
+      nfe(num_steps, final_zero=False) -> int: static NFE accounting (documented per sampler);
+                                final_zero means the last grid time has sigma = 0, where samplers
+                                that would evaluate the denoiser there take a cheaper step instead
+                                (e.g. EDM Alg. 1-2's Euler last step: Heun 2N - 1, not 2N)
       validate(schedule, num_steps): raise ValueError for impossible settings, before compilation
     """
 
@@ -77,7 +80,9 @@ class Sampler:
     def finalize(self, denoiser: Denoiser, carry: Carry) -> Array:
         return carry["z"]
 
-    def nfe(self, num_steps: int) -> int:
+    def nfe(self, num_steps: int, final_zero: bool = False) -> int:
+        """Network evaluations of a run over `num_steps` steps (the default: one per step, also on
+        a final step to sigma = 0); equals the `nfe` the run counts."""
         return num_steps
 
     def validate(self, schedule: Schedule, num_steps: int) -> None:

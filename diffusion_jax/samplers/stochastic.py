@@ -19,6 +19,8 @@ Conventions (documented once, shared by all samplers here):
     a sampler that needs several draws in one step splits that key by `fold_in(key, j)`.
   * Schedules the sampler cannot handle raise ValueError in `validate` (schedule's own t_max) and,
     when `run` is called with a concrete grid, in `check_grid` (every grid time), before compiling.
+  * NFE: `nfe(N, final_zero)` (the `base.Sampler` interface; final_zero = the last grid time has
+    sigma = 0) equals the count the run keeps in `carry['nfe']`. Only EDM's sampler depends on it.
 """
 
 from __future__ import annotations
@@ -283,8 +285,8 @@ class EDMStochastic(StochasticSampler):
                             x~_s = x^ + (sigma~_s - sigma^) (d + d') / 2
     where D(x; sigma) is x0-hat at the time t^ with sigma~(t^) = sigma^ (`schedule.t_from_logsnr`,
     queried with z = alpha(t^) x). S_min / S_max are in sigma~ units. The final step to sigma = 0 is
-    Euler (Alg. 2 line 9), so NFE = 2N - 1 when the grid ends at sigma = 0 and 2N otherwise; `nfe()`
-    returns 2N - 1 (the paper's grid), the carry counts exactly.
+    Euler (Alg. 2 line 9, "if sigma_{i+1} != 0"), so `nfe(N, final_zero)` = 2N - 1 when the grid
+    ends at sigma = 0 (the paper's grid: 35 NFE for N = 18) and 2N when it ends at t_min > 0.
     """
 
     name: ClassVar[str] = "edm_stochastic"
@@ -302,8 +304,8 @@ class EDMStochastic(StochasticSampler):
         if self.s_min > self.s_max:
             raise ValueError(f"{self.name}: s_min ({self.s_min}) must be <= s_max ({self.s_max})")
 
-    def nfe(self, num_steps):
-        return 2 * num_steps - 1
+    def nfe(self, num_steps, final_zero=False):
+        return 2 * num_steps - (1 if final_zero else 0)
 
     def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
         z = carry["z"]
@@ -500,7 +502,7 @@ class PredictorCorrector(StochasticSampler):
                 f"{self.name}: need n_corrector >= 0 and snr > 0, got {self.n_corrector}, {self.snr}"
             )
 
-    def nfe(self, num_steps):
+    def nfe(self, num_steps, final_zero=False):
         return num_steps * (1 + self.n_corrector)
 
     def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
