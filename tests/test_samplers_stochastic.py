@@ -130,9 +130,13 @@ def test_ancestral_parameterisations_agree(x64):
     np.testing.assert_allclose(outs[0], outs[2], rtol=0, atol=1e-10)
     # eta = 1 DPM++ SDE first-order step is the same posterior step (2M correction off: 1 step).
     g2 = grid[:2]
-    a = run_sampler(st.DDPMAncestral(), den, np.r_[g2, g2[-1] * 0.5], 64).samples
-    b = run_sampler(st.DPMpp2MSDE(), den, np.r_[g2, g2[-1] * 0.5], 64).samples
+    g3 = np.r_[g2, g2[-1] * 0.5]
+    a = run_sampler(st.DDPMAncestral(), den, g3, 64).samples
+    b = run_sampler(st.DPMpp2MSDE(lower_order_final="never"), den, g3, 64).samples
     assert not np.allclose(a, b)  # second step uses the 2M correction
+    # ... unless the final order is lowered ("auto" at N < 15): then both steps are first order.
+    b_auto = run_sampler(st.DPMpp2MSDE(), den, g3, 64).samples
+    np.testing.assert_allclose(a, b_auto, rtol=0, atol=1e-10)
     a1 = run_sampler(st.DDPMAncestral(), den, g2, 64).samples
     b1 = run_sampler(st.DPMpp2MSDE(), den, g2, 64).samples
     np.testing.assert_allclose(a1, b1, rtol=0, atol=1e-10)
@@ -241,3 +245,68 @@ def test_exponential_integrator_weights(x64):
     # float32: the series keeps full relative precision where the closed form would cancel
     got32 = st._phi(2.0, jnp.float32(1e-3))
     np.testing.assert_allclose(float(got32[2]), 2.0 * 1e-9 / 3.0 * (1 - 2e-3 / 4), rtol=1e-5)
+
+
+def _sde_step_by_hand(sch, den, z, t, s, eta, prev=None):
+    """One noise-free DPM-Solver++ SDE step t -> s written out (k = 1 + eta, h = (lam_s - lam_t) / 2):
+    first order, z_s = (s_s / s_t) e^{-eta h} z + a_s I0 x0-hat, I0 = 1 - e^{-kh}; with `prev` =
+    (z_prev, t_prev), the exact integral of the line through x0-hat at t_prev and t adds
+    a_s I1 (x0_t - x0_prev) / h_prev, I1 = h - I0 / k."""
+    t, s = jnp.float64(t), jnp.float64(s)
+    k = 1.0 + eta
+    h = 0.5 * (sch.logsnr(s) - sch.logsnr(t))
+    i0 = -jnp.expm1(-k * h)
+    x0 = den.x0(z, t)
+    c = i0 * x0
+    if prev is not None:
+        z_p, t_p = prev
+        h_p = 0.5 * (sch.logsnr(t) - sch.logsnr(jnp.float64(t_p)))
+        c = c + (h - i0 / k) * (x0 - den.x0(z_p, jnp.float64(t_p))) / h_p
+    return sch.sigma(s) / sch.sigma(t) * jnp.exp(-eta * h) * z + sch.alpha(s) * c
+
+
+@pytest.mark.parametrize("n", [6, 16])
+def test_sde_multistep_lower_order_final(x64, n):
+    """`lower_order_final` of DPM++ 2M / 3M SDE has the semantics of the ODE solvers' option
+    ("auto" lowers the final orders only for N < 15, "always" for every N, "never" not at all):
+      * with "always" (or "auto" at N < 15) the last step is the first-order step and, for 3M, the one
+        before it the order-2 step, both computed by hand from the trajectory; with "never" they are
+        not. With eta = 1 the last step adds no noise, so it is a deterministic map of z_{N-1};
+        the second-to-last step is checked at eta = 0 (no noise);
+      * with eta = 0 and the "midpoint" form, 2M SDE is DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2),
+        mode for mode (the ODE solver is tested against a transcription of Alg. 2).
+    """
+    from diffusion_jax.samplers import multistep as ms
+
+    gmm = analytic.gmm_1d(dtype=jnp.float64)
+    sch = S.VPLinear()
+    den = gmm.denoiser(sch, "eps")
+    grid = logsnr_grid(sch, n)
+    lowered = {"always": True, "never": False, "auto": n < 15}
+    for sde in (st.DPMpp2MSDE, st.DPMpp3MSDE):
+        finals = {}
+        for lof in ("auto", "always", "never"):
+            for eta in (1.0, 0.0):
+                traj = run_sampler(
+                    sde(eta=eta, lower_order_final=lof), den, grid, 64, seed=5, trajectory=True
+                ).trajectory
+                first = _sde_step_by_hand(sch, den, traj[-2], grid[-2], grid[-1], eta)
+                assert np.allclose(traj[-1], first, rtol=1e-10, atol=1e-12) == lowered[lof], (sde, lof, eta)
+            finals[lof] = traj[-1]  # (traj is the eta = 0 run from here on)
+            if sde is st.DPMpp3MSDE:  # eta = 0: the step before the last is order 2 iff lowered
+                second = _sde_step_by_hand(sch, den, traj[-3], grid[-3], grid[-2], 0.0, (traj[-4], grid[-4]))
+                assert np.allclose(traj[-2], second, rtol=1e-10, atol=1e-12) == lowered[lof], lof
+            else:
+                z0 = prior_sample(jax.random.key(6), (64, 1), sch, float(grid[0]), jnp.float64)
+                ode = jax.jit(lambda d, z, lof=lof: ms.DPMSolverPP2M(lower_order_final=lof).run(d, z, grid))
+                np.testing.assert_allclose(traj[-1], ode(den, z0).samples, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(finals["auto"], finals["always" if n < 15 else "never"])
+
+
+def test_sde_multistep_bad_lower_order_final_fails_before_compiling(x64):
+    den = analytic.gmm_1d(dtype=jnp.float64).denoiser(S.VPLinear(), "eps")
+    z = jnp.zeros((4, 1))
+    keys = jax.random.split(jax.random.key(0), 4)
+    for bad in (st.DPMpp2MSDE(lower_order_final="sometimes"), st.DPMpp3MSDE(lower_order_final=True)):
+        with pytest.raises(ValueError, match="valid: \\['auto', 'always', 'never'\\]"):
+            jax.jit(lambda d, z, k, bad=bad: bad.run(d, z, jnp.linspace(1.0, 1e-3, 6), k)).lower(den, z, keys)

@@ -12,7 +12,8 @@ every N.
 `lower_order_final` (DPM-Solver++ / UniPC): "auto" (default) lowers the order of the last steps only
 when N < 15 — the rule of the DPM-Solver++ reference code, which found it stabilises few-step sampling
 (Lu et al. 2022b, sec. 5 / appendix) — "always" does it for every N (the UniPC reference default),
-"never" keeps the full order to the end (what the convergence-order tests use).
+"never" keeps the full order to the end (what the convergence-order tests use). The DPM-Solver++ SDE
+multistep solvers (`stochastic.DPMpp2MSDE` / `DPMpp3MSDE`) take the same option with the same rule.
 
 Steps that land on sigma(t_next) = 0 (logSNR = +inf, h = inf): every method here follows the
 DPM-Solver++ convention and takes the first-order data-prediction limit z_next = alpha(t_next) x0-hat,

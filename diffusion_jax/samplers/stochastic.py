@@ -35,6 +35,7 @@ import numpy as np
 
 from diffusion_jax.predictions import Denoiser, bcast
 from diffusion_jax.samplers.base import Carry, SampleOutput, Sampler, noise_like
+from diffusion_jax.samplers.multistep import LOWER_ORDER_FINAL, _lower_final_active, _step_order
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
@@ -367,12 +368,19 @@ def _phi(k: float, h: Array) -> tuple[Array, Array, Array]:
 
 @dataclasses.dataclass(frozen=True)
 class _DPMppSDE(StochasticSampler):
-    """Shared implementation of the DPM-Solver++ SDE multistep solvers (see subclasses)."""
+    """Shared implementation of the DPM-Solver++ SDE multistep solvers (see subclasses).
+
+    Order of step i (0-based, N steps), as for the ODE multistep solvers (`multistep.py`):
+    min(order, i + 1) (warm-up), further capped at N - i on the last steps when `lower_order_final`
+    is active: "auto" (default) for N < 15 (the DPM-Solver++ reference rule, Lu et al. 2022b; diffusers
+    applies it to its `sde-dpmsolver++` variant too), "always", or "never".
+    """
 
     multistep: ClassVar[bool] = True
     order: ClassVar[int] = 2
     eta: float = 1.0
     s_noise: float = 1.0
+    lower_order_final: str = "auto"
 
     def validate(self, schedule, num_steps):
         super().validate(schedule, num_steps)
@@ -380,14 +388,19 @@ class _DPMppSDE(StochasticSampler):
             raise ValueError(f"{self.name}: eta must be in [0, 1], got {self.eta}")
         if self.s_noise < 0:
             raise ValueError(f"{self.name}: s_noise must be >= 0, got {self.s_noise}")
+        if self.lower_order_final not in LOWER_ORDER_FINAL:
+            raise ValueError(
+                f"{self.name}: unknown `lower_order_final` {self.lower_order_final!r}; "
+                f"valid: {list(LOWER_ORDER_FINAL)}"
+            )
 
     def init(self, denoiser, z, grid):
         zero = jnp.zeros((), grid.dtype)
         return {"z": z, "nfe": jnp.zeros((), jnp.int32), "x1": jnp.zeros_like(z), "x2": jnp.zeros_like(z),
                 "h1": zero, "h2": zero}  # fmt: skip
 
-    def _correction(self, carry, x0, h, i, phis) -> Array:
-        """a_s-free higher-order term C of the step (0 on the first step)."""
+    def _correction(self, carry, x0, h, order_i, phis) -> Array:
+        """a_s-free higher-order term C of a step of order `order_i` (traced int32; C = 0 at order 1)."""
         raise NotImplementedError
 
     def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
@@ -401,9 +414,12 @@ class _DPMppSDE(StochasticSampler):
         h = jnp.where(final_zero, 1.0, 0.5 * (lam_s - lam_t))
         k = 1.0 + self.eta
         phis = _phi(k, h)
+        order_i = _step_order(
+            self.order, i, num_steps, _lower_final_active(self.lower_order_final, num_steps)
+        )
         # First-order SDE-DPM-Solver++ (exact for constant x0-hat): noise fraction eta.
         z_new = (s_s / s_t) * jnp.exp(-self.eta * h) * z + a_s * (
-            phis[0] * x0 + self._correction(carry, x0, h, i, phis)
+            phis[0] * x0 + self._correction(carry, x0, h, order_i, phis)
         )
         std = s_s * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)) * self.s_noise
         z_new = z_new + _final_mask(i, num_steps, z.dtype) * std * _noise(keys, z)
@@ -419,8 +435,10 @@ class DPMpp2MSDE(_DPMppSDE):
         z_s = (s_s / s_t) e^{-eta h} z_t + a_s [I0 x0_t + C] + s_s sqrt(1 - e^{-2 eta h}) n,
     with x0-hat linear in lambda through the previous step (slope D = (x0_t - x0_prev) / h_prev):
     `solver_type="heun"` uses the exact integral C = I1 D, `"midpoint"` (k-diffusion's default) uses
-    C = (I0 / 2) h D. The first step is first order (C = 0). The step to sigma = 0 returns
-    a_s x0-hat (DPM-Solver++'s final denoising step); no noise on the last step. NFE = N.
+    C = (I0 / 2) h D. The first step is first order (C = 0), and so is the last one when
+    `lower_order_final` is active (see `_DPMppSDE`). The step to sigma = 0 returns a_s x0-hat
+    (DPM-Solver++'s final denoising step); no noise on the last step. NFE = N. With eta = 0 and
+    "midpoint" this is exactly the ODE DPM-Solver++(2M) (Alg. 2).
     """
 
     name: ClassVar[str] = "dpmpp_2m_sde"
@@ -433,12 +451,13 @@ class DPMpp2MSDE(_DPMppSDE):
                 f"{self.name}: unknown solver_type {self.solver_type!r}; valid: {list(SOLVER_TYPES)}"
             )
 
-    def _correction(self, carry, x0, h, i, phis):
+    def _correction(self, carry, x0, h, order_i, phis):
         i0, i1, _ = phis
-        h1 = jnp.where(i >= 1, carry["h1"], 1.0)
+        # order_i >= 2 implies i >= 1 (a previous point exists); the clamps keep unused lanes finite.
+        h1 = jnp.where(order_i >= 2, carry["h1"], 1.0)
         slope = (x0 - carry["x1"]) / h1
         c = i1 * slope if self.solver_type == "heun" else 0.5 * i0 * h * slope
-        return jnp.where(i >= 1, c, 0.0)
+        return jnp.where(order_i >= 2, c, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,22 +467,26 @@ class DPMpp3MSDE(_DPMppSDE):
     quadratic in lambda through the last three points (Newton form at u = 0, -h1, -h1-h2):
         P(u) = x0_t + b u + c u^2,  c = (f01 - f12) / (h1 + h2),  b = f01 + c h1,
         f01 = (x0_t - x0_1) / h1, f12 = (x0_1 - x0_2) / h2,
-    and integrated exactly: C = I1 b + I2 c. Steps 1 and 2 use orders 1 and 2. NFE = N.
+    and integrated exactly: C = I1 b + I2 c. Steps 1 and 2 use orders 1 and 2; with
+    `lower_order_final` active the last two use orders 2 and 1 (see `_DPMppSDE`). An order-2 step
+    integrates the line through the last two points exactly, C = I1 f01 (the "heun" form of
+    `DPMpp2MSDE`; the ODE DPM-Solver++(3M) uses Alg. 2's midpoint form there instead). NFE = N.
     """
 
     name: ClassVar[str] = "dpmpp_3m_sde"
     order: ClassVar[int] = 3
 
-    def _correction(self, carry, x0, h, i, phis):
+    def _correction(self, carry, x0, h, order_i, phis):
         _, i1, i2 = phis
-        h1 = jnp.where(i >= 1, carry["h1"], 1.0)
-        h2 = jnp.where(i >= 2, carry["h2"], 1.0)
+        # order_i >= k implies i >= k - 1 (k points exist); the clamps keep unused lanes finite.
+        h1 = jnp.where(order_i >= 2, carry["h1"], 1.0)
+        h2 = jnp.where(order_i >= 3, carry["h2"], 1.0)
         f01 = (x0 - carry["x1"]) / h1
         f12 = (carry["x1"] - carry["x2"]) / h2
         c = (f01 - f12) / (h1 + h2)
         third = i1 * (f01 + c * h1) + i2 * c
         second = i1 * f01
-        return jnp.where(i >= 2, third, jnp.where(i >= 1, second, 0.0))
+        return jnp.where(order_i >= 3, third, jnp.where(order_i >= 2, second, 0.0))
 
 
 # -------------------------------------------------------------------------------------------------
