@@ -210,6 +210,11 @@ def format_listing() -> str:
 def main(argv):
     del argv
     fl = flags.FLAGS
+    if not fl["verbosity"].present:
+        # Orbax logs every restore at INFO; keep the console to warnings unless -v is given (as train).
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if fl.list:
         print(format_listing())
         return
