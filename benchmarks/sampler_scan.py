@@ -118,13 +118,15 @@ def make_unrolled(sampler, opts=None):
     return jax.jit(run, compiler_options=opts)
 
 
-def compile_seconds(fn, den, z, grid, repeats: int) -> float:
+def compile_seconds(fn, den, z, grid, repeats: int, clear: bool = True) -> float:
     """Median seconds to trace, lower and compile `fn` (a jitted function or a `HostLoop`), with the
     caches cleared before each repeat so nothing is reused. The last compilation stays cached, so the
-    first call of `fn` afterwards does not compile again."""
+    first call of `fn` afterwards does not compile again. `clear=False` (--quick only) skips the
+    clearing, which also drops every small eager-op program that then compiles again."""
     out = []
     for _ in range(repeats):
-        jax.clear_caches()
+        if clear:
+            jax.clear_caches()
         t0 = time.perf_counter()
         if isinstance(fn, HostLoop):
             fn.compile(den, z, grid)
@@ -170,9 +172,10 @@ def run(args) -> dict:
                 fns["unrolled"] = make_unrolled(sampler, opts)
             rec = {"sampler": name, "num_steps": n, "unrolled": None}
             for variant, fn in fns.items():
-                # The unrolled program at N = 200 takes tens of seconds to compile: one repeat.
+                # The unrolled program takes tens of seconds to compile at N = 50 (one repeat; not
+                # built beyond args.max_unrolled_steps, where its compile time would dominate the run).
                 reps = 1 if variant == "unrolled" else args.compile_repeats
-                rec[variant] = compile_seconds(fn, den, z, grid, reps)
+                rec[variant] = compile_seconds(fn, den, z, grid, reps, clear=not args.quick)
             if n in args.compile_steps:
                 rows_compile.append(rec)
                 print(f"compile {name} N={n}: " + ", ".join(f"{k}={v}" for k, v in rec.items()))
@@ -223,7 +226,7 @@ def report(res: dict, args) -> list[str]:
         "## Compile time vs number of steps\n\n"
         f"Trace + lower + XLA compile, caches cleared, median of {args.compile_repeats}; batch "
         f"{args.small_batch}. The host loop compiles one step whatever N (plus init/finalize); "
-        "`unrolled` is a Python loop inside one jit.\n\n"
+        f"`unrolled` is a Python loop inside one jit (one repeat; not built for N > {args.max_unrolled_steps}).\n\n"
         + C.md_table(
             [
                 "sampler",
@@ -280,7 +283,7 @@ def parse_args(argv: Sequence[str] | None):
         args.compile_steps, args.max_unrolled_steps, args.compile_repeats = (4,), 4, 1
         args.run_steps, args.small_batch, args.large_batch, args.repeats = 4, 8, 64, 3
     else:
-        args.compile_steps, args.max_unrolled_steps, args.compile_repeats = (10, 50, 200), 200, 3
+        args.compile_steps, args.max_unrolled_steps, args.compile_repeats = (10, 50, 200), 50, 3
         args.run_steps, args.small_batch, args.large_batch, args.repeats = 50, 16, 16384, 9
     return args
 
