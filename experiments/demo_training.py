@@ -48,7 +48,11 @@ def _run_parallel(cmds: dict[str, list[str]], logdir: str, jobs: int = 2) -> dic
         while pending and len(running) < jobs:
             name, cmd = pending.pop(0)
             log = open(os.path.join(logdir, f"{name}.log"), "w")
-            running[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+            running[name] = (
+                subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT),
+                log,
+                time.time(),
+            )
         for name, (proc, log, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -69,7 +73,6 @@ def part_training(out: str, steps: int = 3000, n: int = 2000, reuse_runs: bool =
     from diffusion_jax import objectives
     from diffusion_jax.data import toy2d
     from diffusion_jax.training import checkpoints, periodic
-
     from experiments.demo import table
 
     runs = os.path.join(out, "runs")
@@ -80,7 +83,10 @@ def part_training(out: str, steps: int = 3000, n: int = 2000, reuse_runs: bool =
     os.makedirs(runs, exist_ok=True)
     forms = list(toy_common.FORMULATIONS)
     cmds = {f: _train_cmd(f, os.path.join(runs, f), steps) for f in forms}
-    print(f"\n[part 3] training {len(forms)} formulations x {steps} steps with diffusion_jax.train ...", flush=True)
+    print(
+        f"\n[part 3] training {len(forms)} formulations x {steps} steps with diffusion_jax.train ...",
+        flush=True,
+    )
     times = _run_parallel(cmds, runs)
 
     dist = toy2d.toy_gmm()
@@ -89,7 +95,9 @@ def part_training(out: str, steps: int = 3000, n: int = 2000, reuse_runs: bool =
         wd = os.path.join(runs, f)
         state, cfg, net = checkpoints.load_train_state(wd)
         cfg.eval.num_samples = n
-        den = objectives.make_denoiser_from_config(cfg.objective, net.net_fn, checkpoints.select_params(state, ""))
+        den = objectives.make_denoiser_from_config(
+            cfg.objective, net.net_fn, checkpoints.select_params(state, "")
+        )
         samples = periodic.generate_samples(cfg, den, n)
         m = periodic.evaluate_samples(cfg, samples)
         # The same sampler, grid and seeds on the exact denoiser of the data: what a perfect model gets.
@@ -116,7 +124,9 @@ def part_training(out: str, steps: int = 3000, n: int = 2000, reuse_runs: bool =
         panels.append((f, samples))
 
     ref = periodic.reference_samples(cfg, n)
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 2.8), sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 2.8), sharex=True, sharey=True
+    )
     for ax, (title, pts) in zip(axes, [("data", ref), *panels], strict=True):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
         ax.set_title(title, fontsize=8)

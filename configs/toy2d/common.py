@@ -8,8 +8,8 @@ the same deterministic sampler budget; `FORMULATIONS[name]` only picks the objec
 
 Datasets (`get_config(arg)`): the `diffusion_jax.data.toy2d` names (moons, 8gaussians,
 checkerboard, spirals, gaussian, and gmm: the analytic 8-mode mixture with an exact
-denoiser and density, `diffusion_jax.analytic.gmm_2d_ring`). An arg 'tiny' (or 'moons_tiny', ...) shrinks everything for
-tests: tiny MLP, batch 32, 4 steps, no periodic hooks.
+denoiser and density, `diffusion_jax.analytic.gmm_2d_ring`). An arg 'tiny' (or 'moons_tiny', ...)
+shrinks everything for tests: tiny MLP, batch 32, 4 steps, no periodic hooks.
 """
 
 import ml_collections
