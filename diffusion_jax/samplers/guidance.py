@@ -29,6 +29,7 @@ The guided denoiser's `cond` is the pair {"cond": ..., "uncond": ...}; `Denoiser
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -92,11 +93,33 @@ def cfg_denoiser(denoiser: Denoiser, cond, uncond, scale: float, interval=None) 
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"cfg_denoiser: `scale` must be finite, got {scale}")
-    bounds = _check_interval(interval)
-    inner = denoiser
-    sched = denoiser.schedule
+    net = _GuidedNet(
+        denoiser.net_fn, denoiser.schedule, denoiser.kind, denoiser.precond, _check_interval(interval)
+    )
+    return Denoiser(
+        net_fn=net,
+        schedule=denoiser.schedule,
+        kind=denoiser.kind,
+        precond=Preconditioning(),  # z and t reach net_fn untouched; the inner call applies the real one
+        # The scale is data, not structure: sweeping it (or re-wrapping with the same scale) reuses the
+        # compiled sampler instead of tracing a new closure every time.
+        params={"net": denoiser.params, "scale": jnp.asarray(scale)},
+        cond=guidance_cond(cond, uncond),
+    )
 
-    def net_fn(params, z, t, pair, rng):
+
+@dataclasses.dataclass(frozen=True)
+class _GuidedNet:
+    """The guided network function. A frozen dataclass rather than a closure so that two guided
+    denoisers of the same model compare equal as static pytree metadata (jit cache hits)."""
+
+    inner_net_fn: object
+    schedule: object
+    kind: str
+    precond: Preconditioning
+    bounds: tuple[float, float] | None
+
+    def __call__(self, params, z, t, pair, rng):
         b = z.shape[0]
 
         def both(c, u):
@@ -105,25 +128,22 @@ def cfg_denoiser(denoiser: Denoiser, cond, uncond, scale: float, interval=None) 
             return jnp.concatenate([c, u], axis=0)
 
         cu = jax.tree.map(both, pair["cond"], pair["uncond"])
-        out = inner.replace(params=params, cond=cu).raw(
-            jnp.concatenate([z, z], axis=0), jnp.concatenate([t, t], axis=0), rng
+        inner = Denoiser(
+            net_fn=self.inner_net_fn,
+            schedule=self.schedule,
+            kind=self.kind,
+            precond=self.precond,
+            params=params["net"],
+            cond=cu,
         )
+        out = inner.raw(jnp.concatenate([z, z], axis=0), jnp.concatenate([t, t], axis=0), rng)
         out_c, out_u = out[:b], out[b:]
-        w = jnp.asarray(scale, z.dtype)
-        if bounds is not None:
-            sig = sched.sigma(t) / sched.alpha(t)  # [B]
-            w = jnp.where((sig > bounds[0]) & (sig <= bounds[1]), w, jnp.ones_like(w))
+        w = jnp.asarray(params["scale"], z.dtype)
+        if self.bounds is not None:
+            sig = self.schedule.sigma(t) / self.schedule.alpha(t)  # [B]
+            w = jnp.where((sig > self.bounds[0]) & (sig <= self.bounds[1]), w, jnp.ones_like(sig))
             w = bcast(w, z)
         return out_u + w * (out_c - out_u)
-
-    return Denoiser(
-        net_fn=net_fn,
-        schedule=sched,
-        kind=denoiser.kind,
-        precond=Preconditioning(),  # z and t reach net_fn untouched; `inner.raw` applies the real one
-        params=denoiser.params,
-        cond=guidance_cond(cond, uncond),
-    )
 
 
 def negative_denoiser(denoiser: Denoiser, cond, negative, scale: float, interval=None) -> Denoiser:
