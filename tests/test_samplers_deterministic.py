@@ -306,3 +306,36 @@ def test_bad_settings_fail_before_compilation(sampler, steps, match, x64):
     grid = jnp.linspace(1.0, 0.01, steps + 1)
     with pytest.raises(ValueError, match=match):
         jax.jit(lambda d, z, g: sampler.run(d, z, g)).lower(den, z, grid)  # fails while tracing
+
+
+def test_rectified_flow_from_t1_is_finite_or_rejected_before_compiling(x64):
+    """On rectified flow alpha(1) = 0, so logSNR and sigma / alpha are infinite at the usual start
+    t = 1. Every registry sampler must either integrate from there to finite samples or refuse with a
+    ValueError naming alpha before anything is traced; none may silently return NaN."""
+    from diffusion_jax import analytic
+    from diffusion_jax import schedules as S
+    from diffusion_jax.samplers import grids, registry
+
+    sch = S.get_schedule("rectified_flow")
+    den = analytic.gmm_2d_ring(dtype=jnp.float64).denoiser(sch, "velocity")
+    z = jax.random.normal(jax.random.key(0), (8, 2), jnp.float64)
+    keys = jax.random.split(jax.random.key(1), 8)
+    g = grids.make_grid("uniform", 6, sch, t_min=1e-3)
+    assert float(g[0]) == 1.0
+    rejected, ran = [], []
+    for name in registry.list_samplers():
+        s = registry.get_sampler(name)
+        traced = []
+        fake = den.replace(net_fn=lambda *a, f=den.net_fn: traced.append(1) or f(*a))
+        try:
+            out = s.run(fake, z, g, keys if s.stochastic else None).samples
+        except ValueError as e:
+            assert "alpha" in str(e), (name, e)
+            assert not traced, f"{name} traced the network before rejecting the grid"
+            rejected.append(name)
+            continue
+        assert bool(jnp.all(jnp.isfinite(out))), name
+        ran.append(name)
+    # The t-coordinate integrators run; the logSNR-coordinate ones are refused.
+    assert {"euler", "heun", "rk4", "dpmpp_2m"} <= set(ran)
+    assert {"dpm_solver_2", "unipc_bh2", "ipndm", "dpmpp_2s", "euler_maruyama"} <= set(rejected)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax.predictions import Denoiser
 from diffusion_jax.schedules import Schedule
@@ -85,6 +86,24 @@ class Sampler:
         a final step to sigma = 0); equals the `nfe` the run counts."""
         return num_steps
 
+    # True when the update works in logSNR / sigma~ = sigma / alpha coordinates, which are infinite
+    # where alpha = 0 (rectified flow at t = 1): such a sampler cannot start a step there.
+    needs_alpha: ClassVar[bool] = False
+
+    def check_grid(self, denoiser: Denoiser, grid: np.ndarray) -> None:
+        """Raise ValueError if a concrete grid [N+1] cannot be used with `denoiser` (before compiling)."""
+        if not self.needs_alpha:
+            return
+        starts = np.asarray(grid, np.float64)[:-1]
+        alp = np.asarray(denoiser.schedule.alpha(starts))
+        if not np.all(alp > ALPHA_EPS):
+            raise ValueError(
+                f"{self.name}: steps in logSNR coordinates need alpha(t) > 0 where a step starts; grid "
+                f"times {starts[alp <= ALPHA_EPS]} have alpha ~ 0 under {denoiser.schedule.name}. Start the "
+                "grid below t = 1 (e.g. t_max=0.999) or use a sampler that integrates in t (euler, heun, "
+                "midpoint, rk4, ddim, dpmpp_2m, dopri5, tsit5)"
+            )
+
     def validate(self, schedule: Schedule, num_steps: int) -> None:
         if num_steps < 1:
             raise ValueError(f"{self.name}: the grid needs at least 2 times (1 step), got {num_steps} steps")
@@ -111,6 +130,10 @@ class Sampler:
             raise ValueError(f"grid must be 1-D [N+1], got shape {grid.shape}")
         num_steps = grid.shape[0] - 1
         self.validate(denoiser.schedule, num_steps)
+        g = _concrete(grid)
+        if g is not None:
+            with jax.ensure_compile_time_eval():  # eager even while `run` is traced under jit
+                self.check_grid(denoiser, g)
         if self.stochastic and keys is None:
             noise_like(None, z)
         carry = self.init(denoiser, z, grid)
@@ -125,6 +148,17 @@ class Sampler:
         if return_trajectory:
             traj = jnp.concatenate([z[None], traj], axis=0)
         return SampleOutput(samples, traj, carry["nfe"])
+
+
+ALPHA_EPS = 1e-10
+
+
+def _concrete(grid) -> np.ndarray | None:
+    """The grid as numpy if it is known at trace time (numpy / concrete jax array), else None."""
+    try:
+        return np.asarray(grid, dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def prior_sample(

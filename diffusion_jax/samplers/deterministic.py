@@ -258,6 +258,8 @@ class DPMSolver(Sampler):
     NFE: order * N; order * (N - 1) + 1 when the grid ends at sigma = 0.
     """
 
+    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+
     name: ClassVar[str] = "dpm_solver"
     order: int = 2
     r1: float | None = None

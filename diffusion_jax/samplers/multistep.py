@@ -84,6 +84,8 @@ class DPMSolverPP2S(Sampler):
     NFE: 2N; 2N - 1 when the grid ends at sigma = 0 (that step is z' = alpha' x0-hat).
     """
 
+    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+
     name: ClassVar[str] = "dpmpp_2s"
     r: float = 0.5
 
@@ -260,6 +262,8 @@ class UniPC(Sampler):
     final step to sigma = 0 (which is the first-order limit z' = alpha' x0_cur, never corrected).
     """
 
+    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+
     name: ClassVar[str] = "unipc"
     order: int = 3
     variant: str = "bh2"
@@ -386,6 +390,8 @@ class IPNDM(Sampler):
     The equal-step coefficients are used on any grid, as in the paper. order <= 4 (default 4).
     NFE: N. The step to sigma = 0 is regular here (rho = 0).
     """
+
+    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
 
     name: ClassVar[str] = "ipndm"
     order: int = 4
