@@ -15,9 +15,10 @@ Couplings (rows of the table):
 * ``sinkhorn (in-graph)``: objective coupling ``ot_sinkhorn`` with its defaults (ott-jax Sinkhorn,
   epsilon 0.05 relative to the mean cost, at most 200 iterations, pairs sampled from the plan; Tong
   et al. 2024 Alg. 3), inside the jitted step.
-* ``exact LSA (host, ours)``: objective coupling ``ot_exact`` fed by the library's input-pipeline
-  helper `objectives.pair_batch_exact_ot` (noise drawn with numpy, assignment by scipy's
-  Jonker-Volgenant `linear_sum_assignment`), i.e. what `training.loop` does for ``ot_exact``.
+* ``exact permutation (host, ours)``: objective coupling ``ot_exact`` fed by the library's
+  input-pipeline helper `objectives.pair_batch_exact_ot` (noise drawn with numpy, the optimal
+  permutation from POT's `ot.emd`, scipy's assignment as a fallback for degenerate plans), i.e. what
+  `training.loop` does for ``ot_exact``. Unlike torchcfm's sampled pairs it is a true coupling.
 * ``exact ot.emd (host, torchcfm)``: torchcfm's `OTPlanSampler(method="exact")` transcribed: the
   squared-Euclidean cost matrix, POT's network simplex `ot.emd` (Bonneel et al. 2011), then B pairs
   drawn from the flattened B x B plan with `np.random.choice` (torchcfm's `sample_map`). This is the
@@ -59,7 +60,7 @@ COUPLINGS = ("independent", "sinkhorn", "exact_lsa", "exact_emd")
 LABELS = {
     "independent": "independent (I-CFM)",
     "sinkhorn": "sinkhorn (in-graph, ott-jax)",
-    "exact_lsa": "exact LSA (host, ours: pair_batch_exact_ot)",
+    "exact_lsa": "exact permutation (host, ours: pair_batch_exact_ot)",
     "exact_emd": "exact ot.emd (host, torchcfm pattern)",
 }
 OBJECTIVE_COUPLING = {
@@ -132,7 +133,7 @@ def host_batches(pool: np.ndarray, coupling: str, seed: int) -> Callable[[int], 
 
 
 def check_couplings(x: np.ndarray, seed: int = 0) -> dict:
-    """Mean squared pair distance of each coupling on one batch; asserts exact LSA and ot.emd reach
+    """Mean squared pair distance of each coupling on one batch; asserts our exact permutation and ot.emd reach
     the same minimal cost and that OT pairings are shorter than independent ones."""
     import ot
 
@@ -144,7 +145,9 @@ def check_couplings(x: np.ndarray, seed: int = 0) -> dict:
     emd2 = float(
         ot.emd2(ot.unif(len(x)), ot.unif(len(x)), ot.dist(x.astype(np.float64), noise.astype(np.float64)))
     )
-    np.testing.assert_allclose(lsa, emd2, rtol=1e-5, err_msg="exact LSA and ot.emd disagree on the OT cost")
+    np.testing.assert_allclose(
+        lsa, emd2, rtol=1e-5, err_msg="exact permutation and ot.emd2 disagree on the OT cost"
+    )
     # Not timed: XLA's fast-compile options (same values) save a second of compilation.
     idx = jax.jit(objectives.sinkhorn_pairing, compiler_options=FAST_COMPILE)(
         jax.random.key(seed), jnp.asarray(x), jnp.asarray(noise)
@@ -246,10 +249,10 @@ def report(res: dict, args) -> list[str]:
     ]
     checks = (
         "## Pairings (sanity check, asserted)\n\n"
-        "Mean squared distance of the (data, noise) pairs on one batch. Exact LSA equals POT's "
+        "Mean squared distance of the (data, noise) pairs on one batch. Our exact permutation equals POT's "
         "`ot.emd2` optimum (asserted to 1e-5); torchcfm's sampled pairs (with replacement) reach about it; "
         "Sinkhorn (entropic) lies between exact and independent.\n\n"
-        + C.md_table(["batch", "independent", "sinkhorn", "exact LSA", "ot.emd sampled"], crow)
+        + C.md_table(["batch", "independent", "sinkhorn", "exact permutation (ours)", "ot.emd sampled"], crow)
     )
     return [table, checks]
 
