@@ -113,3 +113,18 @@ def write_report(out_dir: str, name: str, title: str, meta: dict, sections: Sequ
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, **data}, f, indent=2, sort_keys=True, default=float)
     return text
+
+
+def run_main(name: str, title: str, parse_args, run, report, argv: Sequence[str] | None) -> dict:
+    """The shared `main` of every benchmark: parse, run, time the whole run, print the Markdown report
+    and write it (+ JSON) to `--out`. Returns {"meta": ..., **results}."""
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    meta = machine_info()
+    meta["command"] = command_line(f"benchmarks.{name}", argv)
+    res = run(args)
+    meta["elapsed_s"] = time.perf_counter() - t0
+    meta["quick"] = bool(args.quick)
+    text = write_report(args.out, name, title, meta, report(res, args), res)
+    print(text)
+    return {"meta": meta, **res}

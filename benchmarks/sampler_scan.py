@@ -290,23 +290,14 @@ def parse_args(argv: Sequence[str] | None):
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark, print the Markdown report and write it (+ JSON) to `--out`."""
-    args = parse_args(argv)
-    t0 = time.perf_counter()
-    meta = C.machine_info()
-    meta["command"] = C.command_line(f"benchmarks.{NAME}", argv)
-    res = run(args)
-    meta["elapsed_s"] = time.perf_counter() - t0
-    meta["quick"] = bool(args.quick)
-    text = C.write_report(
-        args.out,
+    return C.run_main(
         NAME,
         "Sampler loop: one jitted lax.scan vs a host loop of jitted steps",
-        meta,
-        report(res, args),
-        res,
+        parse_args,
+        run,
+        report,
+        argv,
     )
-    print(text)
-    return {"meta": meta, **res}
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ class Sampler:
         return SampleOutput(samples, traj, carry["nfe"])
 
 
+# alpha below this counts as 0 (e.g. VPCosine's cos(pi/2) ~ 6e-17): dividing by it is meaningless.
 ALPHA_EPS = 1e-10
 
 

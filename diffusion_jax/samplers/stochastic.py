@@ -34,27 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.predictions import Denoiser, bcast
-from diffusion_jax.samplers.base import Carry, SampleOutput, Sampler, noise_like
+from diffusion_jax.samplers.base import ALPHA_EPS, Carry, SampleOutput, Sampler, _concrete, noise_like
 from diffusion_jax.samplers.multistep import LOWER_ORDER_FINAL, _lower_final_active, _step_order
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
 
 
-# alpha below this counts as 0 (e.g. VPCosine's cos(pi/2) ~ 6e-17): dividing by it is meaningless.
-ALPHA_EPS = 1e-10
-
 # -------------------------------------------------------------------------------------------------
 # helpers
 # -------------------------------------------------------------------------------------------------
-
-
-def _concrete(grid) -> np.ndarray | None:
-    """The grid as numpy if it is known at trace time (numpy / concrete jax array), else None."""
-    try:
-        return np.asarray(grid, dtype=np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _one_minus_r(lam_t: Array, lam_s: Array) -> Array:
