@@ -143,7 +143,7 @@ def part_samplers(out: str, n: int = 1000, nfes=(6, 10, 20)) -> str:
         t_end = max(sch.t_min, 1e-3)
         ref_grid = jnp.asarray([sch.t_max, t_end])
         ref = jax.jit(lambda z: Tsit5(rtol=1e-9, atol=1e-9).run(den, z, ref_grid).samples)(z0)
-        for sname in SAMPLER_SET:
+        for ci, sname in enumerate(SAMPLER_SET):
             sampler = registry.get_sampler(sname)
             errs = []
             for nfe in nfes:
@@ -166,7 +166,9 @@ def part_samplers(out: str, n: int = 1000, nfes=(6, 10, 20)) -> str:
                 w2 = w2_exact(x, data) if ok else float("nan")
                 rows.append({**row, "NFE": int(res.nfe), "RMS error to ref ODE": rms, "W2 to data": w2})
             if errs:
-                ax.loglog(*zip(*errs, strict=True), "o-", label=sname)
+                ax.loglog(
+                    *zip(*errs, strict=True), "o-", label=sname, color=f"C{ci}"
+                )  # same colour per sampler
         ax.set(title=f"{sch.name} ({kind}, {grid_name} grid)", xlabel="NFE")
     axes[0].set_ylabel("RMS error vs reference solve")
     axes[0].legend(fontsize=7)
