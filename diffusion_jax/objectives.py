@@ -89,6 +89,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import predictions as P
+from diffusion_jax.models.conditioning import drop_context
 from diffusion_jax.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -110,7 +111,8 @@ def default_objective_config() -> ml_collections.ConfigDict:
     (`predictions.TIME_INPUTS`, `predictions.INPUT_SCALINGS`); sigma_data; weighting and
     weighting_kwargs; time_distribution and time_kwargs; coupling and coupling_kwargs; t_eps (t is
     clipped to [t_eps, 1 - t_eps]); label_dropout (CFG: each label is replaced by the null label with
-    this probability) and null_label (-1 means "num_classes": pass `num_classes` to `make_loss`).
+    this probability, and each caption / context mask is emptied with it, independently) and
+    null_label (-1 means "num_classes": pass `num_classes` to `make_loss`).
     """
     return ml_collections.ConfigDict(
         dict(
@@ -591,11 +593,29 @@ def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None) -> P.Denois
     )
 
 
+_COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
+
+
 def _cond_from_batch(batch: dict, obj: Objective, key: Array, null_label: int | None):
-    cond = {k: batch[k] for k in ("label", "context", "context_mask") if k in batch}
-    if "label" in cond and obj.label_dropout > 0:
-        drop = jax.random.bernoulli(key, obj.label_dropout, cond["label"].shape)
-        cond["label"] = jnp.where(drop, jnp.asarray(null_label, cond["label"].dtype), cond["label"])
+    """The network's conditioning, with classifier-free guidance dropout (Ho & Salimans 2022) at rate
+    `label_dropout`: labels become the null label, and a caption's / embedding sequence's mask is
+    emptied (a dropped example has no context at all, which the cross-attention treats as exactly
+    unconditional). Labels and text draw independent decisions."""
+    cond = {k: batch[k] for k in _COND_KEYS if k in batch}
+    if "context" in cond and "context_mask" not in cond:
+        cond["context_mask"] = jnp.ones(cond["context"].shape[:2], bool)
+    if "tokens" in cond and "tokens_mask" not in cond:
+        raise ValueError("batch has 'tokens' but no 'tokens_mask'")
+    if obj.label_dropout > 0:
+        k_text = jax.random.fold_in(key, 1)
+        if "label" in cond:
+            if null_label is None:
+                raise ValueError("the batch has labels but make_loss got num_classes=0 (no null label)")
+            drop = jax.random.bernoulli(key, obj.label_dropout, cond["label"].shape)
+            cond["label"] = jnp.where(drop, jnp.asarray(null_label, cond["label"].dtype), cond["label"])
+        for m in ("context_mask", "tokens_mask"):
+            if m in cond:
+                cond[m] = drop_context(k_text, jnp.asarray(cond[m], bool), obj.label_dropout)
     return cond or None
 
 
@@ -606,7 +626,8 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
       obj_cfg: objective ConfigDict (schema: `default_objective_config`), validated here.
       net_fn: `net_fn(params, z_in, t_in, cond, rng) -> out` (`predictions.NetFn`).
       num_classes: resolves null_label=-1 (the null label is then `num_classes`); needed only when
-        label_dropout > 0 and null_label == -1.
+        label_dropout > 0 and null_label == -1. 0: no class labels (text-conditioned models), so the
+        dropout only empties caption / context masks.
     Batch: dict with 'x' [B, ...] (data), optional 'label' [B] int, 'context' [B, L, E],
       'context_mask' [B, L], 'noise' [B, ...] (the t=1 endpoint paired with x; required by the
       'ot_exact' and 'reflow' couplings).
@@ -622,7 +643,8 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
                 "objective.null_label=-1 means 'num_classes' but make_loss got num_classes=None; "
                 "pass num_classes or set objective.null_label explicitly"
             )
-        null = int(num_classes)
+        # num_classes=0: no class labels, the dropout applies to captions / context only.
+        null = int(num_classes) or None
     denoiser = make_denoiser_from_config(obj, net_fn)
     sch = obj.schedule
     coupling = COUPLINGS[obj.coupling]

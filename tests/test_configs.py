@@ -20,6 +20,7 @@ CASES = (
     ]
     + [(f"configs.fashion_mnist.{f}", a) for f in FORMULATIONS for a in (None, "cond", "tiny", "cond_tiny")]
     + [("configs.fashion_mnist.latent", a) for a in (None, "vp_eps", "edm", "tiny")]
+    + [("configs.fashion_mnist.text", a) for a in (None, "text_tiny")]
     + [("configs.cifar10.ddpmpp_vp", a) for a in (None, "deep", "tiny")]
     + [("configs.cifar10.edm", a) for a in (None, "tiny")]
     + [("configs.cifar10.rectified_flow", a) for a in (None, "tiny")]

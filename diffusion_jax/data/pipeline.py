@@ -112,7 +112,12 @@ _FIELDS = (
     "num_epochs",
     "num_threads",
     "prefetch",
+    "captions",
+    "embeddings_path",
+    "embeddings_mask_path",
 )
+# Text-conditioning fields added later: configs saved before them still validate (defaults apply).
+_OPTIONAL = {"captions": "", "embeddings_path": "", "embeddings_mask_path": ""}
 
 
 def default_data_dir() -> str:
@@ -147,6 +152,11 @@ def default_data_config(
     - ``num_epochs``: 0 -> infinite; else stop after that many passes.
     - ``num_threads`` / ``prefetch``: grain reader threads / prefetched batches (0 -> read in the
       caller's thread).
+    - ``captions``: ``''`` or ``'class_template'`` (template captions from class names, tokenized to
+      bytes on the host for a model with ``text_encoder``); ``embeddings_path`` /
+      ``embeddings_mask_path``: ``''`` or ``.npy`` files of precomputed per-label embeddings (a
+      cross-attention context). Both are applied by ``diffusion_jax.data.captions`` when batches are handed to the
+      model, not by the iterator here.
 
     Returns:
       ``ml_collections.ConfigDict`` with exactly the fields above.
@@ -171,6 +181,7 @@ def default_data_config(
             "num_epochs": 0,
             "num_threads": 2,
             "prefetch": 4,
+            **_OPTIONAL,
         }
     )
     for k, v in overrides.items():
@@ -194,7 +205,7 @@ def validate_data_config(
     """
     cfg = dict(data_cfg.items()) if hasattr(data_cfg, "items") else dict(data_cfg)
     unknown = sorted(set(cfg) - set(_FIELDS))
-    missing = sorted(set(_FIELDS) - set(cfg))
+    missing = sorted(set(_FIELDS) - set(cfg) - set(_OPTIONAL))
     if unknown or missing:
         raise ValueError(
             f"data config: unknown fields {unknown}, missing fields {missing}; "
@@ -262,6 +273,9 @@ def validate_data_config(
     for field in ("num_epochs", "num_threads", "prefetch"):
         if not _is_int(cfg[field]) or cfg[field] < 0:
             raise ValueError(f"data.{field}={cfg[field]!r} must be an int >= 0")
+    for field in _OPTIONAL:
+        if not isinstance(cfg.get(field, ""), str):
+            raise ValueError(f"data.{field}={cfg[field]!r} must be a string ('' for none)")
     if not isinstance(cfg["data_dir"], str):
         raise ValueError(f"data.data_dir={cfg['data_dir']!r} must be a string ('' for the default)")
 

@@ -3,6 +3,11 @@
 `build_model(cfg, rngs=...)` dispatches on `cfg.name` through the explicit dict `MODELS`. Each
 model has a complete table of fields with defaults (`DEFAULTS`); unknown names or fields raise
 ValueError listing the valid ones before anything is traced or compiled.
+
+Text conditioning: the U-Net and DiT take `text_encoder` (None, or a dict with the fields of
+`conditioning.TEXT_ENCODER_DEFAULTS`: dim, depth, num_heads, max_len). When set, the network is
+`conditioning.TextConditioned`: a trainable `ByteTextEncoder` feeding the denoiser's cross-attention
+(`context_dim` defaults to the encoder's `dim` and must equal it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import ml_collections
 from flax import nnx
 
 from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.models.conditioning import TEXT_ENCODER_DEFAULTS, ByteTextEncoder, TextConditioned
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.mlp import MLP
 from diffusion_jax.models.unet import UNet
@@ -55,6 +61,7 @@ DEFAULTS = {
         num_classes=0,
         learned_null=False,
         context_dim=0,
+        text_encoder=None,
     ),
     "dit": dict(
         image_size=32,
@@ -69,6 +76,7 @@ DEFAULTS = {
         num_classes=1000,
         frequency_embedding_size=256,
         context_dim=0,
+        text_encoder=None,
     ),
     "autoencoder": dict(
         image_size=32,
@@ -101,13 +109,57 @@ def complete_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
             v = cfg[k]
             full[k] = tuple(v) if isinstance(v, list) else v
     full.name = name
+    if full.get("text_encoder") is not None:
+        full.text_encoder = _complete_text_encoder(full.text_encoder)
+        dim = full.text_encoder.dim
+        if full.context_dim == 0:
+            full.context_dim = dim
+        elif full.context_dim != dim:
+            raise ValueError(
+                f"model.context_dim={full.context_dim} must equal model.text_encoder.dim={dim} "
+                f"(the encoder output is the cross-attention context); set it to 0 or {dim}"
+            )
     return full
+
+
+def _complete_text_encoder(te) -> ml_collections.ConfigDict:
+    te = dict(te.items()) if hasattr(te, "items") else te
+    if not isinstance(te, dict):
+        raise ValueError(f"model.text_encoder must be None or a dict of {sorted(TEXT_ENCODER_DEFAULTS)}")
+    unknown = sorted(set(te) - set(TEXT_ENCODER_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"model.text_encoder fields {unknown} are not valid; valid: {sorted(TEXT_ENCODER_DEFAULTS)}"
+        )
+    full = {**TEXT_ENCODER_DEFAULTS, **te}
+    for k, v in full.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"model.text_encoder.{k}={v!r} must be an integer >= 1")
+    if full["dim"] % full["num_heads"]:
+        raise ValueError(
+            f"model.text_encoder.dim={full['dim']} is not divisible by num_heads={full['num_heads']}"
+        )
+    return ml_collections.ConfigDict(full)
 
 
 def build_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
     """Construct the network described by the `model` config (see `DEFAULTS` for the fields)."""
     full = complete_config(cfg)
-    return MODELS[full.name](full, rngs=rngs)
+    te = full.get("text_encoder")
+    if te is None:
+        return MODELS[full.name](full, rngs=rngs)
+    encoder = ByteTextEncoder(te.dim, te.depth, te.num_heads, te.max_len, rngs=rngs)
+    return TextConditioned(encoder, MODELS[full.name](full, rngs=rngs))
 
 
-__all__ = ["AutoencoderKL", "DEFAULTS", "DiT", "MLP", "MODELS", "UNet", "build_model", "complete_config"]
+__all__ = [
+    "AutoencoderKL",
+    "DEFAULTS",
+    "DiT",
+    "MLP",
+    "MODELS",
+    "TextConditioned",
+    "UNet",
+    "build_model",
+    "complete_config",
+]

@@ -7,6 +7,8 @@
   (`layers.CrossAttention`; Rombach et al. 2022, Sec. 3.3).
 - `ByteTextEncoder`: a small trainable Transformer over UTF-8 bytes (as in ByT5, Xue et al. 2022,
   which works on raw bytes), so captioned training needs no tokenizer or download.
+- `TextConditioned`: a `ByteTextEncoder` and a cross-attention denoiser trained as one network (one
+  parameter tree), so the caption `tokens` / `tokens_mask` are just more conditioning inputs.
 - `load_npy_embeddings`: precomputed embeddings of any external encoder (CLIP, T5, ...).
 """
 
@@ -123,6 +125,53 @@ class ByteTextEncoder(nnx.Module):
         for blk in self.blocks:
             x = blk(x, mask)
         return self.ln(x) * mask[..., None]
+
+
+TEXT_ENCODER_DEFAULTS = dict(dim=128, depth=2, num_heads=4, max_len=64)
+"""Fields of `model.text_encoder` (the `ByteTextEncoder` arguments) and their defaults."""
+
+
+class TextConditioned(nnx.Module):
+    """Byte-level text encoder + denoiser with cross-attention, trained jointly (Rombach et al. 2022,
+    Sec. 3.3, where the text encoder is likewise optimised together with the U-Net).
+
+    Call: as the wrapped denoiser, plus `tokens` [B, L] int / `tokens_mask` [B, L] bool: the tokens are
+    encoded to `context` and `tokens_mask` becomes `context_mask`. An all-false mask (a caption dropped
+    for classifier-free guidance, `drop_context`) therefore gives exactly the denoiser's unconditional
+    output, the same as passing no tokens at all. Precomputed `context` may be passed instead of tokens.
+    """
+
+    def __init__(self, encoder: ByteTextEncoder, denoiser: nnx.Module):
+        self.encoder, self.denoiser = encoder, denoiser
+
+    def __call__(
+        self,
+        x,
+        t_in,
+        *,
+        label=None,
+        context=None,
+        context_mask=None,
+        tokens=None,
+        tokens_mask=None,
+        deterministic=True,
+        rngs=None,
+    ):
+        if tokens is not None:
+            if context is not None:
+                raise ValueError("pass either tokens (encoded here) or a precomputed context, not both")
+            if tokens_mask is None:
+                tokens_mask = tokens != PAD_ID
+            context, context_mask = self.encoder(tokens, tokens_mask), tokens_mask
+        return self.denoiser(
+            x,
+            t_in,
+            label=label,
+            context=context,
+            context_mask=context_mask,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
 
 
 def load_npy_embeddings(path: str | os.PathLike, mask_path: str | os.PathLike | None = None):

@@ -15,7 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-COND_KEYS = ("label", "context", "context_mask")
+from diffusion_jax.models.conditioning import TextConditioned
+
+COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
+TEXT_KEYS = ("tokens", "tokens_mask")  # only models built with `model.text_encoder` accept these
 
 
 def split(model: nnx.Module):
@@ -29,7 +32,9 @@ def make_net_fn(graphdef, rest=None) -> Callable:
 
     z: [B, ...] network input; t_in: [B] already-transformed time input (e.g. t*999, EDM c_noise);
     cond: None or a dict with optional keys 'label' [B] int, 'context' [B, L, E],
-    'context_mask' [B, L] bool; rng: None (deterministic, no dropout) or a PRNG key for dropout.
+    'context_mask' [B, L] bool, and for a model with a text encoder (`conditioning.TextConditioned`)
+    'tokens' [B, L] int / 'tokens_mask' [B, L] bool; rng: None (deterministic, no dropout) or a PRNG
+    key for dropout.
     """
 
     def net_fn(params, z, t_in, cond=None, rng=None):
@@ -40,6 +45,11 @@ def make_net_fn(graphdef, rest=None) -> Callable:
         states = (params,) if rest is None else (params, rest)
         model = nnx.merge(graphdef, *states)
         rngs = None if rng is None else nnx.Rngs(dropout=rng)
+        text = {k: cond[k] for k in TEXT_KEYS if k in cond}
+        if text and not isinstance(model, TextConditioned):
+            raise ValueError(
+                f"cond has {sorted(text)} but the model has no text encoder (model.text_encoder)"
+            )
         return model(
             z,
             t_in,
@@ -48,6 +58,7 @@ def make_net_fn(graphdef, rest=None) -> Callable:
             context_mask=cond.get("context_mask"),
             deterministic=rng is None,
             rngs=rngs,
+            **text,
         )
 
     return net_fn

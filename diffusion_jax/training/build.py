@@ -60,11 +60,13 @@ def build_network(cfg, *, compute_dtype: str | None = None) -> Network:
 
 def build_loss(cfg, net_fn: Callable):
     """`objectives.make_loss(cfg.objective, net_fn) -> (loss_fn, denoiser)` (the null label of CFG
-    dropout defaults to `model.num_classes`)."""
+    dropout defaults to `model.num_classes`; captions / embeddings are dropped by emptying their mask)."""
     from diffusion_jax import objectives
 
     num_classes = int(cfg.model.get("num_classes", 0) or 0)
-    return objectives.make_loss(cfg.objective, net_fn, num_classes=num_classes or None)
+    has_text = bool(cfg.data.get("captions", "") or cfg.data.get("embeddings_path", ""))
+    # A text-conditioned model without classes passes 0: its CFG dropout empties caption masks only.
+    return objectives.make_loss(cfg.objective, net_fn, num_classes=num_classes or (0 if has_text else None))
 
 
 def init_key(seed: int) -> jax.Array:
@@ -82,10 +84,16 @@ def build_state(cfg, params) -> tuple[TrainState, optax.GradientTransformation]:
     return state, tx
 
 
-def to_model_batch(batch: dict, conditional: bool = True) -> dict:
+def to_model_batch(batch: dict, conditional: bool = True, text=None, step: int = 0) -> dict:
     """Data-pipeline batch -> objective batch: `image` becomes `x`; a toy pair's `x0` (a sample of
     the source distribution, which sits at t = 1 in our convention) becomes `noise`; `label` is
-    dropped for an unconditional model (`conditional=False`, i.e. model.num_classes == 0)."""
+    dropped for an unconditional model (`conditional=False`, i.e. model.num_classes == 0).
+
+    text: None or `fn(batch, step) -> batch` (`data.captions.make_text_transform(cfg)`) adding caption
+    tokens or per-label embeddings, applied first, since it reads the label that may then be dropped.
+    """
+    if text is not None:
+        batch = text(batch, step)
     out = {}
     for k, v in batch.items():
         if k == "label" and not conditional:

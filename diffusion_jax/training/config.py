@@ -132,8 +132,14 @@ def _validate_batch(cfg, t):
     bs = cfg.data.batch_size
     if bs % t.grad_accum:
         raise ValueError(f"data.batch_size={bs} is not divisible by training.grad_accum={t.grad_accum}")
-    if cfg.objective.get("label_dropout", 0.0) > 0 and not cfg.model.get("num_classes", 0):
+    from diffusion_jax.data.captions import validate_text_config
+
+    validate_text_config(cfg)
+    d = cfg.data
+    has_text = bool(d.get("captions", "") or d.get("embeddings_path", ""))
+    if cfg.objective.get("label_dropout", 0.0) > 0 and not (cfg.model.get("num_classes", 0) or has_text):
         raise ValueError(
             f"objective.label_dropout={cfg.objective.label_dropout} (classifier-free guidance) needs a "
-            "class-conditional model: set model.num_classes > 0"
+            "class-conditional model: set model.num_classes > 0 (or condition on text: data.captions or "
+            "data.embeddings_path)"
         )

@@ -91,15 +91,18 @@ def _host_batch_transform(cfg):
     by exact minibatch OT for coupling 'ot_exact' (Tong et al. 2024), in numpy, so the device step
     never waits for the assignment solver. The pairing noise of step s on process p is drawn from
     `default_rng([seed, s, p])`, hence reproducible across resumes."""
+    from diffusion_jax.data.captions import make_text_transform
+
     coupling = cfg.objective.get("coupling", "independent")
     conditional = bool(cfg.model.get("num_classes", 0))
+    text = make_text_transform(cfg)  # captions -> byte tokens, or per-label embeddings (or None)
     if coupling != "ot_exact":
-        return lambda batch, step: to_model_batch(batch, conditional)
+        return lambda batch, step: to_model_batch(batch, conditional, text, step)
     from diffusion_jax import objectives
 
     def transform(batch, step):
         rng = np.random.default_rng([int(cfg.seed), 0x07, int(step), jax.process_index()])
-        return objectives.pair_batch_exact_ot(to_model_batch(batch, conditional), rng)
+        return objectives.pair_batch_exact_ot(to_model_batch(batch, conditional, text, step), rng)
 
     return transform
 
@@ -148,6 +151,7 @@ def train(
     os.makedirs(workdir, exist_ok=True)
     ckpt_lib.save_config(cfg, workdir)
 
+    transform = _host_batch_transform(cfg)  # loads any embeddings file before compiling
     rt = build_runtime(cfg, devices)
     pid, nproc = jax.process_index(), jax.process_count()
     it = make_iterator(
@@ -177,7 +181,6 @@ def train(
 
     logger = MetricsLogger(workdir)
     preempt = ckpt_lib.PreemptionFlag()
-    transform = _host_batch_transform(cfg)
     num_steps = int(t.num_steps)
     bar = None
     if progress and pid == 0 and start < num_steps:
