@@ -54,17 +54,29 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
     num_classes = int(cfg.model.get("num_classes", 0) or 0)
     null_label = int(cfg.objective.get("null_label", -1))
     null_label = num_classes if null_label < 0 else null_label
+    text_cond = _text_conditioning(cfg, n, labels)
     if labels is None and num_classes:
         labels = np.arange(n) % num_classes
     t0 = grid[0]
 
     scale = float(cfg.sampling.guidance_scale)
 
-    def run(params, keys, lab):
+    def run(params, keys, lab, txt):
         z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape, jnp.float32))(keys)
         z = z * schedule.sigma(t0).astype(jnp.float32)
         d = denoiser.replace(params=params, cond=None)
-        if lab is not None:
+        if txt is not None:
+            # Caption / embedding conditioning; guidance against the same rows with empty masks,
+            # which the models treat as the unconditional (dropped) input.
+            cond = dict(txt) if lab is None else {**txt, "label": lab}
+            if scale != 1.0:
+                from diffusion_jax.samplers.guidance import cfg_denoiser
+
+                empty = {k: (jnp.zeros_like(v) if k.endswith("_mask") else v) for k, v in cond.items()}
+                d = cfg_denoiser(d, cond, empty, scale)
+            else:
+                d = d.replace(cond=cond)
+        elif lab is not None:
             cond = {"label": lab}
             if scale != 1.0:
                 # Classifier-free guidance against the null label (Ho & Salimans 2022).
@@ -77,10 +89,11 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
         return sampler.run(d, z, grid, keys).samples
 
     key_data = np.asarray(jax.random.key_data(sample_keys(seed, 0, n)))
-    lab = None if labels is None else np.asarray(labels, np.int32)
+    # Labels reach the network only if it has a label embedding (a text model uses them for captions).
+    lab = None if labels is None or not num_classes else np.asarray(labels, np.int32)
 
-    def run_raw(params, kd, lab):
-        return run(params, jax.random.wrap_key_data(kd), lab)
+    def run_raw(params, kd, lab, txt):
+        return run(params, jax.random.wrap_key_data(kd), lab, txt)
 
     if mesh is not None:
         # Inputs become global (replicated) arrays so the same program runs on every process of a
@@ -90,11 +103,35 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
         rep = NamedSharding(mesh, PartitionSpec())
         key_data = global_from_host(key_data, rep)
         lab = None if lab is None else global_from_host(lab, rep)
+        text_cond = None if text_cond is None else jax.tree.map(lambda a: global_from_host(a, rep), text_cond)
         fn = jax.jit(run_raw, out_shardings=rep)
     else:
         fn = jax.jit(run_raw)
-    out = fn(denoiser.params, key_data, lab)
+    out = fn(denoiser.params, key_data, lab, text_cond)
     return np.asarray(jax.device_get(out))
+
+
+def _text_conditioning(cfg, n: int, labels) -> dict | None:
+    """Host-side caption tokens / per-label embeddings for n samples of a text-conditioned config
+    (labels default to i % number of classes, captions to the first template, so samples are
+    reproducible), or None for a config without text conditioning."""
+    d = cfg.data
+    if not (d.get("captions", "") or d.get("embeddings_path", "")):
+        return None
+    from diffusion_jax.data import captions
+    from diffusion_jax.data.pipeline import TFDS_DATASETS
+
+    if labels is None:
+        labels = np.arange(n) % TFDS_DATASETS[d.name].num_classes
+    labels = np.asarray(labels, np.int32)
+    if d.get("captions", "") == "class_template":
+        from diffusion_jax.models.conditioning import tokenize_bytes
+
+        texts = [captions.TEMPLATES[0].format(captions.CLASS_NAMES[d.name][int(y)]) for y in labels]
+        tokens, mask = tokenize_bytes(texts, int(cfg.model.text_encoder.get("max_len", 64)))
+        return {"tokens": np.asarray(tokens), "tokens_mask": np.asarray(mask)}
+    out = captions.make_text_transform(cfg)({"label": labels}, 0)
+    return {"context": np.asarray(out["context"]), "context_mask": np.asarray(out["context_mask"])}
 
 
 def eval_data_key(cfg) -> jax.Array:
