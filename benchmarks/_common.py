@@ -128,3 +128,13 @@ def run_main(name: str, title: str, parse_args, run, report, argv: Sequence[str]
     text = write_report(args.out, name, title, meta, report(res, args), res)
     print(text)
     return {"meta": meta, **res}
+
+
+def base_args(doc: str, argv: Sequence[str] | None):
+    """The flags every benchmark takes: --quick (tiny sizes: a smoke test) and --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    p.add_argument("--out", default=RESULTS_DIR, help="directory for <name>.md and <name>.json")
+    return p.parse_args(argv)

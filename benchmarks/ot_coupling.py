@@ -41,7 +41,6 @@ than independent pairs.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -258,10 +257,7 @@ def report(res: dict, args) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    p.add_argument("--out", default=C.RESULTS_DIR, help="directory for <name>.md and <name>.json")
-    args = p.parse_args(argv)
+    args = C.base_args(__doc__, argv)
     if args.quick:
         args.batches, args.steps, args.repeats, args.pool = (64,), 3, 3, 4
     else:

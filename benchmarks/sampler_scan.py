@@ -35,7 +35,6 @@ so the comparison is between computations of the same result.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -275,10 +274,7 @@ def report(res: dict, args) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
-    p.add_argument("--out", default=C.RESULTS_DIR, help="directory for <name>.md and <name>.json")
-    args = p.parse_args(argv)
+    args = C.base_args(__doc__, argv)
     if args.quick:
         args.compile_steps, args.max_unrolled_steps, args.compile_repeats = (4,), 4, 1
         args.run_steps, args.small_batch, args.large_batch, args.repeats = 4, 8, 64, 3
