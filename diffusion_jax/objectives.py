@@ -89,7 +89,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import predictions as P
-from diffusion_jax.models.conditioning import drop_context
+from diffusion_jax.models.conditioning import COND_KEYS, drop_context
 from diffusion_jax.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -535,8 +535,8 @@ def exact_ot_pairing(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
 
     Returns perm [B] such that (x0[i], x1[perm[i]]) are the optimal pairs for the squared Euclidean
     cost: with equal uniform weights the OT plan is a permutation (Birkhoff-von Neumann), found by
-    found by POT's network simplex (`ot.emd`; Bonneel et al. 2011), whose optimal basic solution is
-    a vertex of the Birkhoff polytope, i.e. a permutation. It is 2-6x faster than scipy's
+    POT's network simplex (`ot.emd`; Bonneel et al. 2011), whose optimal basic solution is
+    a vertex of the Birkhoff polytope, i.e. a permutation. It is 2-4x faster than scipy's
     Jonker-Volgenant `linear_sum_assignment` on clustered data (measured in
     `benchmarks/ot_coupling.py`); scipy remains the fallback should the plan not be a permutation.
     Call it in the input pipeline (e.g. on a noise batch drawn there) so it overlaps with the device step.
@@ -593,15 +593,12 @@ def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None) -> P.Denois
     )
 
 
-_COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
-
-
 def _cond_from_batch(batch: dict, obj: Objective, key: Array, null_label: int | None):
     """The network's conditioning, with classifier-free guidance dropout (Ho & Salimans 2022) at rate
     `label_dropout`: labels become the null label, and a caption's / embedding sequence's mask is
     emptied (a dropped example has no context at all, which the cross-attention treats as exactly
     unconditional). Labels and text draw independent decisions."""
-    cond = {k: batch[k] for k in _COND_KEYS if k in batch}
+    cond = {k: batch[k] for k in COND_KEYS if k in batch}
     if "context" in cond and "context_mask" not in cond:
         cond["context_mask"] = jnp.ones(cond["context"].shape[:2], bool)
     if "tokens" in cond and "tokens_mask" not in cond:

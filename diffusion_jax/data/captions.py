@@ -47,26 +47,38 @@ def class_captions(labels: np.ndarray, names, rng: np.random.Generator) -> list[
     return [TEMPLATES[w].format(names[int(y)]) for w, y in zip(which, labels, strict=True)]
 
 
+def caption_tokens(cfg, labels, rng: np.random.Generator | None = None) -> dict:
+    """Byte tokens of the template captions of `labels` under `cfg` (data.captions='class_template'):
+    {"tokens" [b, L] int32, "tokens_mask" [b, L] bool}. Templates are drawn with `rng`; without one,
+    every caption uses the first template (reproducible captions for sampling)."""
+    from diffusion_jax.models.conditioning import tokenize_bytes
+
+    names = CLASS_NAMES[cfg.data.name]
+    if rng is None:
+        texts = [TEMPLATES[0].format(names[int(y)]) for y in labels]
+    else:
+        texts = class_captions(labels, names, rng)
+    tokens, mask = tokenize_bytes(texts, int(cfg.model.text_encoder.get("max_len", 64)))
+    return {"tokens": tokens, "tokens_mask": mask}
+
+
 def make_text_transform(cfg) -> Callable[[dict, int], dict] | None:
     """`fn(batch, step) -> batch` adding text conditioning as the data config asks, or None if it does
     not. Raises ValueError (naming the field) on an inconsistent config; embeddings are loaded here."""
-    from diffusion_jax.models.conditioning import load_npy_embeddings, tokenize_bytes
+    from diffusion_jax.models.conditioning import load_npy_embeddings
 
     validate_text_config(cfg)
     d = cfg.data
     captions = d.get("captions", "")
     emb_path = d.get("embeddings_path", "")
     if captions == "class_template":
-        names = CLASS_NAMES[d.name]
-        max_len = int(cfg.model.text_encoder.get("max_len", 64))
         seed = int(cfg.seed)
 
         def add_captions(batch, step):
             import jax
 
             rng = np.random.default_rng([seed, 0x7E47, int(step), jax.process_index()])
-            tokens, mask = tokenize_bytes(class_captions(batch["label"], names, rng), max_len)
-            return {**batch, "tokens": tokens, "tokens_mask": mask}
+            return {**batch, **caption_tokens(cfg, batch["label"], rng)}
 
         return add_captions
     if emb_path:

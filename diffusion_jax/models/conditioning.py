@@ -127,6 +127,9 @@ class ByteTextEncoder(nnx.Module):
         return self.ln(x) * mask[..., None]
 
 
+COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
+"""Every conditioning input a network may take (batch keys, and keys of a denoiser's `cond`)."""
+
 TEXT_ENCODER_DEFAULTS = dict(dim=128, depth=2, num_heads=4, max_len=64)
 """Fields of `model.text_encoder` (the `ByteTextEncoder` arguments) and their defaults."""
 

@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_jax.models.conditioning import TextConditioned
+from diffusion_jax.models.conditioning import COND_KEYS, TextConditioned
 
-COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
 TEXT_KEYS = ("tokens", "tokens_mask")  # only models built with `model.text_encoder` accept these
 
 

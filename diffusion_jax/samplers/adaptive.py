@@ -40,24 +40,15 @@ from typing import ClassVar
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion_jax.predictions import Denoiser
-from diffusion_jax.samplers.base import SampleOutput, Sampler
+from diffusion_jax.samplers.base import SampleOutput, Sampler, _concrete
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
 
 # Evaluations per attempted step of a 7-stage FSAL pair (the first stage is the previous last one).
 _NFE_PER_STEP = 6
-
-
-def _concrete(x) -> np.ndarray | None:
-    """x as a numpy array if it is concrete (not traced), else None."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.predictions import Denoiser, bcast
-from diffusion_jax.samplers.base import ALPHA_EPS, Carry, SampleOutput, Sampler, _concrete, noise_like
+from diffusion_jax.samplers.base import ALPHA_EPS, Carry, Sampler, noise_like
 from diffusion_jax.samplers.multistep import LOWER_ORDER_FINAL, _lower_final_active, _step_order
 from diffusion_jax.schedules import Schedule
 
@@ -110,14 +110,6 @@ class StochasticSampler(Sampler):
                 f"{self.name}: {why} needs alpha(t) > 0 where a step starts; grid times "
                 f"{starts[alp <= ALPHA_EPS]} have alpha ~ 0 under {sch.name} (start the grid below t = 1)"
             )
-
-    def run(self, denoiser, z, grid, keys=None, return_trajectory=False) -> SampleOutput:
-        g = _concrete(grid)
-        if g is not None:
-            # Evaluate the schedule eagerly even when `run` is being traced under jit.
-            with jax.ensure_compile_time_eval():
-                self.check_grid(denoiser, g)
-        return super().run(denoiser, z, grid, keys, return_trajectory)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -125,11 +125,7 @@ def _text_conditioning(cfg, n: int, labels) -> dict | None:
         labels = np.arange(n) % TFDS_DATASETS[d.name].num_classes
     labels = np.asarray(labels, np.int32)
     if d.get("captions", "") == "class_template":
-        from diffusion_jax.models.conditioning import tokenize_bytes
-
-        texts = [captions.TEMPLATES[0].format(captions.CLASS_NAMES[d.name][int(y)]) for y in labels]
-        tokens, mask = tokenize_bytes(texts, int(cfg.model.text_encoder.get("max_len", 64)))
-        return {"tokens": np.asarray(tokens), "tokens_mask": np.asarray(mask)}
+        return {k: np.asarray(v) for k, v in captions.caption_tokens(cfg, labels).items()}
     out = captions.make_text_transform(cfg)({"label": labels}, 0)
     return {"context": np.asarray(out["context"]), "context_mask": np.asarray(out["context_mask"])}
 
