@@ -198,7 +198,7 @@ def build_conditioning(cfg: ml_collections.ConfigDict, workdir: str | None, deno
     from diffusion_jax.training import checkpoints
 
     run = checkpoints.load_config(workdir)
-    cond, uncond = {}, {}
+    cond, null = {}, None
     if labels:
         num_classes = int(run.model.get("num_classes", 0) or 0)
         if not num_classes:
@@ -215,7 +215,6 @@ def build_conditioning(cfg: ml_collections.ConfigDict, workdir: str | None, deno
         null = int(run.objective.get("null_label", -1))
         null = num_classes if null < 0 else null
         cond["label"] = np.resize(np.asarray(lab, np.int32), num_seeds)
-        uncond["label"] = np.full(num_seeds, null, np.int32)
     if caption:
         te = run.model.get("text_encoder")
         if te is None:
@@ -224,10 +223,10 @@ def build_conditioning(cfg: ml_collections.ConfigDict, workdir: str | None, deno
 
         tokens, mask = tokenize_bytes([caption] * num_seeds, int(te.get("max_len", 64)))
         cond["tokens"], cond["tokens_mask"] = np.asarray(tokens), np.asarray(mask)
-        uncond["tokens"], uncond["tokens_mask"] = cond["tokens"], np.zeros_like(cond["tokens_mask"])
     if float(scale) == 1.0:
         return denoiser, cond
     # The guided denoiser's per-seed conditioning is the {cond, uncond} pair (guidance.guidance_cond).
+    uncond = {k: np.asarray(v) for k, v in guidance.null_condition(cond, null).items()}
     first = {k: v[:1] for k, v in cond.items()}
     guided = guidance.cfg_denoiser(denoiser, first, {k: v[:1] for k, v in uncond.items()}, float(scale))
     return guided, guidance.guidance_cond(cond, uncond)

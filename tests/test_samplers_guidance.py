@@ -168,3 +168,21 @@ def test_guidance_scale_sweep_reuses_the_compiled_sampler(x64):
     # A different interval is different structure: a new trace, by design.
     predict(gd.cfg_denoiser(den, labels(1, b), labels(2, b), 2.5, interval=(0.1, 1.0)), z)
     assert len(traces) == 2
+
+
+def test_null_condition_is_what_cfg_dropout_trains():
+    """Labels become the null label, caption / context masks are emptied, tokens and context stay."""
+    cond = {
+        "label": jnp.array([1, 4], jnp.int32),
+        "tokens": jnp.array([[97, 98], [99, 0]], jnp.int32),
+        "tokens_mask": jnp.array([[True, True], [True, False]]),
+        "context": jnp.ones((2, 3, 5)),
+        "context_mask": jnp.ones((2, 3), bool),
+    }
+    u = gd.null_condition(cond, 10)
+    np.testing.assert_array_equal(u["label"], [10, 10])
+    assert not bool(u["tokens_mask"].any()) and not bool(u["context_mask"].any())
+    np.testing.assert_array_equal(u["tokens"], cond["tokens"])
+    np.testing.assert_array_equal(u["context"], cond["context"])
+    with pytest.raises(ValueError, match="null_label"):
+        gd.null_condition({"label": cond["label"]})

@@ -45,6 +45,21 @@ def guidance_cond(cond, uncond) -> dict:
     return {"cond": cond, "uncond": uncond}
 
 
+def null_condition(cond: dict, null_label: int | None = None) -> dict:
+    """The unconditional counterpart of a conditioning dict, as classifier-free guidance dropout
+    trains it (Ho & Salimans 2022): 'label' becomes `null_label`, every '*_mask' (caption tokens,
+    context) is emptied, which cross-attention treats as no context; other entries are kept."""
+    out = {}
+    for k, v in cond.items():
+        if k == "label":
+            if null_label is None:
+                raise ValueError("null_condition: the condition has a label but no null_label was given")
+            out[k] = jnp.full_like(v, null_label)
+        else:
+            out[k] = jnp.zeros_like(v) if k.endswith("_mask") else v
+    return out
+
+
 def _check_pair(cond, uncond) -> None:
     if cond is None or uncond is None:
         raise ValueError("cfg_denoiser: `cond` and `uncond` (or the negative condition) must both be given")
@@ -151,4 +166,4 @@ def negative_denoiser(denoiser: Denoiser, cond, negative, scale: float, interval
     return cfg_denoiser(denoiser, cond, negative, scale, interval)
 
 
-__all__ = ["cfg_denoiser", "guidance_cond", "negative_denoiser"]
+__all__ = ["cfg_denoiser", "guidance_cond", "negative_denoiser", "null_condition"]

@@ -65,27 +65,14 @@ def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=N
         z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape, jnp.float32))(keys)
         z = z * schedule.sigma(t0).astype(jnp.float32)
         d = denoiser.replace(params=params, cond=None)
-        if txt is not None:
-            # Caption / embedding conditioning; guidance against the same rows with empty masks,
-            # which the models treat as the unconditional (dropped) input.
-            cond = dict(txt) if lab is None else {**txt, "label": lab}
-            if scale != 1.0:
-                from diffusion_jax.samplers.guidance import cfg_denoiser
+        cond = {**(txt or {}), **({} if lab is None else {"label": lab})}
+        if cond and scale != 1.0:
+            # Classifier-free guidance (Ho & Salimans 2022) against the null label / empty captions.
+            from diffusion_jax.samplers.guidance import cfg_denoiser, null_condition
 
-                empty = {k: (jnp.zeros_like(v) if k.endswith("_mask") else v) for k, v in cond.items()}
-                d = cfg_denoiser(d, cond, empty, scale)
-            else:
-                d = d.replace(cond=cond)
-        elif lab is not None:
-            cond = {"label": lab}
-            if scale != 1.0:
-                # Classifier-free guidance against the null label (Ho & Salimans 2022).
-                from diffusion_jax.samplers.guidance import cfg_denoiser
-
-                null = jnp.full_like(lab, null_label)
-                d = cfg_denoiser(d, cond, {"label": null}, scale)
-            else:
-                d = d.replace(cond=cond)
+            d = cfg_denoiser(d, cond, null_condition(cond, null_label), scale)
+        elif cond:
+            d = d.replace(cond=cond)
         return sampler.run(d, z, grid, keys).samples
 
     key_data = np.asarray(jax.random.key_data(sample_keys(seed, 0, n)))
