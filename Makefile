@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv and
-# install the package with its pinned dependencies; reinstall happens only when setup.py changes.
+# install the package with its pinned dependencies (plus the `parity` reference implementations the
+# tests compare against); reinstall happens only when setup.py changes.
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -16,7 +17,7 @@ $(STAMP): setup.py pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,parity]'
 	touch $(STAMP)
 
 install: $(STAMP)

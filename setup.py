@@ -46,6 +46,17 @@ EXTRAS = {
         "pytest-xdist==3.8.0",
         "ruff==0.17.6",
     ],
+    # Reference implementations for parity tests (random weights, CPU). Never imported by the
+    # package; `make test` installs them. torch 2.14.1 / torchvision 0.29.1 are the releases this
+    # machine class carries on disk for Python 3.11 (pytorch-fid needs torchvision).
+    "parity": [
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "diffusers==0.42.1",
+        "transformers==5.23.0",
+        "pytorch-fid==0.3.0",
+        "safetensors==0.8.0",
+    ],
 }
 
 setup(
