@@ -41,6 +41,7 @@ Grids ('name': definition):
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -181,9 +182,56 @@ _GRID_KWARGS = {
 }
 
 
+# Grids added at run time by `register_grid` (explicit calls only; nothing registers on import).
+_USER_GRIDS: dict[str, GridFn] = {}
+_USER_GRID_KWARGS: dict[str, tuple[str, ...]] = {}
+
+
+def _grid_table() -> dict[str, GridFn]:
+    return {**GRIDS, **_USER_GRIDS}
+
+
 def list_grids() -> list[str]:
-    """Names accepted by `make_grid`."""
-    return sorted(GRIDS)
+    """Names accepted by `make_grid` (built-in and registered)."""
+    return sorted(_grid_table())
+
+
+def _grid_options(fn: GridFn) -> tuple[str, ...]:
+    """Keyword options of a grid function: its parameters after (n, schedule, t_min, t_max)."""
+    params = list(inspect.signature(fn).parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in params[4:] if p.kind in kinds)
+
+
+def register_grid(name: str, fn: GridFn, *, overwrite: bool = False) -> None:
+    """Make `make_grid(name, ...)` use `fn` (an explicit call; nothing in the package calls it).
+
+    `fn(num_steps, schedule, t_min, t_max, **options) -> [num_steps + 1]` descending times from t_max to
+    t_min (float arrays; `make_grid` checks they descend and handles `final_zero`). Its keyword
+    parameters after the first four are the options `make_grid` accepts for it; others are refused.
+    Raises ValueError if `name` is taken (built-in names always; registered ones unless `overwrite`).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_grid: `name` must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"register_grid: `fn` must be callable, got {type(fn).__name__}")
+    if len(inspect.signature(fn).parameters) < 4 and not any(
+        p.kind == inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()
+    ):
+        raise ValueError(f"register_grid: {name!r} must take (num_steps, schedule, t_min, t_max, **options)")
+    if name in GRIDS or (name in _USER_GRIDS and not overwrite):
+        raise ValueError(f"register_grid: grid {name!r} already exists; registered grids: {list_grids()}")
+    _USER_GRIDS[name] = fn
+    _USER_GRID_KWARGS[name] = _grid_options(fn)
+
+
+def unregister_grid(name: str) -> None:
+    """Remove a grid added by `register_grid` (tests; built-in grids cannot be removed)."""
+    if name not in _USER_GRIDS:
+        raise ValueError(
+            f"unregister_grid: {name!r} is not a registered grid; registered: {sorted(_USER_GRIDS)}"
+        )
+    del _USER_GRIDS[name], _USER_GRID_KWARGS[name]
 
 
 def make_grid(
@@ -212,11 +260,12 @@ def make_grid(
     Returns: [N+1] (or [N+2] with final_zero) strictly descending times, float64 under x64 (else
       float32), as a concrete jax array.
     """
-    if name not in GRIDS:
+    table = _grid_table()
+    if name not in table:
         raise ValueError(f"unknown grid {name!r}; valid grids: {list_grids()}")
     if not isinstance(num_steps, int | np.integer) or num_steps < 1:
         raise ValueError(f"make_grid: `num_steps` must be an integer >= 1, got {num_steps!r}")
-    allowed = _GRID_KWARGS.get(name, ())
+    allowed = {**_GRID_KWARGS, **_USER_GRID_KWARGS}.get(name, ())
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise ValueError(f"grid {name!r} got unknown option(s) {unknown}; valid options: {list(allowed)}")
@@ -240,7 +289,7 @@ def make_grid(
         t_max = schedule.t_max if t_max is None else float(t_max)
         if not (0.0 <= t_min < t_max <= 1.0):
             raise ValueError(f"make_grid: need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-        t = GRIDS[name](int(num_steps), schedule, t_min, t_max, **kw)
+        t = table[name](int(num_steps), schedule, t_min, t_max, **kw)
     t = np.asarray(t, np.float64)
     if final_zero:
         if t[-1] <= 0.0:
@@ -254,4 +303,13 @@ def make_grid(
     return jnp.asarray(t, _dtype())
 
 
-__all__ = ["GRIDS", "list_grids", "make_grid", "EDM_RHO", "EDM_SIGMA_MAX", "EDM_SIGMA_MIN"]
+__all__ = [
+    "GRIDS",
+    "list_grids",
+    "make_grid",
+    "register_grid",
+    "unregister_grid",
+    "EDM_RHO",
+    "EDM_SIGMA_MAX",
+    "EDM_SIGMA_MIN",
+]

@@ -5,6 +5,8 @@ module stays importable on its own.
     list_samplers() -> ['ddim', 'dopri5', 'dpm_solver', ...]
     get_sampler('dpmpp_2m', lower_order_final='never') -> DPMSolverPP2M(...)
     list_grids()    -> ['edm', 'karras', ...]
+    register_sampler('my_lms', MyLMS)   /   register_grid('my_grid', fn)   (explicit calls, from
+                                         user code or a config's `imports`; never on import here)
     sampler_info()  -> {name: {'family', 'stochastic', 'doc'}}  (for the sampling CLI's listing)
 """
 
@@ -14,7 +16,7 @@ import dataclasses
 
 from diffusion_jax.samplers import adaptive, deterministic, multistep
 from diffusion_jax.samplers.base import Sampler
-from diffusion_jax.samplers.grids import GRIDS, list_grids, make_grid
+from diffusion_jax.samplers.grids import GRIDS, list_grids, make_grid, register_grid, unregister_grid
 
 DETERMINISTIC: dict[str, type[Sampler]] = {
     "euler": deterministic.Euler,
@@ -53,23 +55,73 @@ def _stochastic() -> dict[str, type[Sampler]]:
     return dict(stochastic.SAMPLERS)
 
 
-def _all() -> dict[str, type[Sampler]]:
+# Samplers added at run time by `register_sampler`: name -> (class, family). Explicit calls only.
+_USER_SAMPLERS: dict[str, tuple[type[Sampler], str]] = {}
+
+FAMILIES = ("deterministic", "multistep", "adaptive", "stochastic")
+
+
+def _builtin() -> dict[str, type[Sampler]]:
     return {**DETERMINISTIC, **MULTISTEP, **ADAPTIVE, **_stochastic()}
 
 
+def _all() -> dict[str, type[Sampler]]:
+    return {**_builtin(), **{n: cls for n, (cls, _) in _USER_SAMPLERS.items()}}
+
+
 def _family(name: str) -> str:
+    if name in _USER_SAMPLERS:
+        return _USER_SAMPLERS[name][1]
     for fam, table in (("deterministic", DETERMINISTIC), ("multistep", MULTISTEP), ("adaptive", ADAPTIVE)):
         if name in table:
             return fam
     return "stochastic"
 
 
+def register_sampler(
+    name: str, cls: type[Sampler], *, family: str | None = None, overwrite: bool = False
+) -> None:
+    """Make `get_sampler(name, **options)` build `cls` (an explicit call; the package never calls it).
+
+    Args:
+      name: the name users type (must not be a built-in sampler's).
+      cls: a frozen-dataclass subclass of `base.Sampler`; its dataclass fields are the options.
+      family: one of FAMILIES for listings; default "stochastic" if `cls.stochastic`, else
+        "deterministic".
+      overwrite: replace an earlier `register_sampler` of the same name.
+    Raises ValueError (name taken, not a Sampler subclass, unknown family).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_sampler: `name` must be a non-empty string, got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Sampler) and dataclasses.is_dataclass(cls)):
+        raise ValueError(
+            f"register_sampler: {name!r} must be a dataclass subclass of samplers.base.Sampler, got {cls!r}"
+        )
+    if family is None:
+        family = "stochastic" if cls.stochastic else "deterministic"
+    if family not in FAMILIES:
+        raise ValueError(f"register_sampler: unknown family {family!r}; valid families: {list(FAMILIES)}")
+    if name in _builtin() or (name in _USER_SAMPLERS and not overwrite):
+        raise ValueError(
+            f"register_sampler: sampler {name!r} already exists; valid samplers: {sorted(_all())}"
+        )
+    _USER_SAMPLERS[name] = (cls, family)
+
+
+def unregister_sampler(name: str) -> None:
+    """Remove a sampler added by `register_sampler` (tests; built-in samplers cannot be removed)."""
+    if name not in _USER_SAMPLERS:
+        raise ValueError(
+            f"unregister_sampler: {name!r} is not a registered sampler; registered: {sorted(_USER_SAMPLERS)}"
+        )
+    del _USER_SAMPLERS[name]
+
+
 def list_samplers(family: str | None = None) -> list[str]:
     """Sorted sampler names, optionally of one family ('deterministic', 'multistep', 'adaptive',
     'stochastic')."""
-    families = ("deterministic", "multistep", "adaptive", "stochastic")
-    if family is not None and family not in families:
-        raise ValueError(f"unknown sampler family {family!r}; valid families: {list(families)}")
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown sampler family {family!r}; valid families: {list(FAMILIES)}")
     names = sorted(_all())
     return names if family is None else [n for n in names if _family(n) == family]
 
@@ -112,12 +164,17 @@ def sampler_info() -> dict[str, dict]:
 __all__ = [
     "ADAPTIVE",
     "DETERMINISTIC",
+    "FAMILIES",
     "GRIDS",
     "MULTISTEP",
     "get_sampler",
     "list_grids",
     "list_samplers",
     "make_grid",
+    "register_grid",
+    "register_sampler",
     "sampler_class",
     "sampler_info",
+    "unregister_grid",
+    "unregister_sampler",
 ]

@@ -1,0 +1,95 @@
+"""The public extension API of the sampler registry: `register_sampler` / `register_grid` (explicit
+calls, names listed in errors), checked against closed forms, plus bad input."""
+
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax import analytic, schedules
+from diffusion_jax.samplers import deterministic as det
+from diffusion_jax.samplers import registry
+
+
+@pytest.fixture
+def clean_registry():
+    yield
+    for name in list(registry._USER_SAMPLERS):
+        registry.unregister_sampler(name)
+    from diffusion_jax.samplers import grids
+
+    for name in list(grids._USER_GRIDS):
+        registry.unregister_grid(name)
+
+
+def _sqrt_grid(n, schedule, t_min, t_max, power=2.0):
+    """t_i = (t_max^(1/p) + i/n (t_min^(1/p) - t_max^(1/p)))^p: a user-defined grid."""
+    u = np.linspace(0.0, 1.0, n + 1)
+    return (t_max ** (1 / power) + u * (t_min ** (1 / power) - t_max ** (1 / power))) ** power
+
+
+def test_register_grid(clean_registry):
+    sch = schedules.VPLinear()
+    assert "sqrt_test" not in registry.list_grids()
+    registry.register_grid("sqrt_test", _sqrt_grid)
+    assert "sqrt_test" in registry.list_grids()
+    g = np.asarray(registry.make_grid("sqrt_test", 4, sch, t_min=0.04, t_max=1.0, power=2.0))
+    np.testing.assert_allclose(g, [1.0, 0.64, 0.36, 0.16, 0.04], rtol=1e-6)
+    g0 = np.asarray(registry.make_grid("sqrt_test", 4, sch, t_min=0.04, final_zero=True))
+    assert g0.shape == (6,) and g0[-1] == 0.0
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rho'\]; valid options: \['power'\]"):
+        registry.make_grid("sqrt_test", 4, sch, rho=7.0)
+    with pytest.raises(ValueError, match="already exists"):
+        registry.register_grid("sqrt_test", _sqrt_grid)
+    with pytest.raises(ValueError, match="already exists"):
+        registry.register_grid("karras", _sqrt_grid)
+    registry.register_grid("sqrt_test", _sqrt_grid, overwrite=True)
+    with pytest.raises(ValueError, match="must take"):
+        registry.register_grid("bad", lambda n: n)
+    registry.unregister_grid("sqrt_test")
+    with pytest.raises(ValueError, match="valid grids: .*'karras'"):
+        registry.make_grid("sqrt_test", 4, sch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MidpointT(det.Midpoint):
+    """Explicit midpoint in t (Hairer et al.), registered under a user name."""
+
+    name: ClassVar[str] = "my_midpoint"
+
+
+def test_register_sampler(clean_registry):
+    registry.register_sampler("my_midpoint", _MidpointT, family="deterministic")
+    assert "my_midpoint" in registry.list_samplers() and "my_midpoint" in registry.list_samplers(
+        "deterministic"
+    )
+    s = registry.get_sampler("my_midpoint", coords="sigma")
+    assert isinstance(s, _MidpointT) and s.coords == "sigma"
+    assert registry.sampler_info()["my_midpoint"]["family"] == "deterministic"
+    # Runs like any sampler: against the exact Gaussian flow (second order, 64 steps).
+    gauss = analytic.Gaussian.isotropic(jnp.array([0.5, -1.0]), 0.7)
+    sch = schedules.VPLinear()
+    den = gauss.denoiser(sch, "eps")
+    z = jnp.array([[0.3, -1.2], [1.5, 0.2]])
+    grid = registry.make_grid("logsnr", 64, sch)
+    out = s.run(den, z, grid)
+    a0, s0, a1, s1 = sch.alpha(grid[0]), sch.sigma(grid[0]), sch.alpha(grid[-1]), sch.sigma(grid[-1])
+    scale = jnp.sqrt((a1**2 * 0.49 + s1**2) / (a0**2 * 0.49 + s0**2))
+    ref = a1 * gauss.mean + scale * (z - a0 * gauss.mean)
+    np.testing.assert_allclose(out.samples, ref, rtol=2e-3)
+    assert int(out.nfe) == 128
+    with pytest.raises(ValueError, match="already exists"):
+        registry.register_sampler("my_midpoint", _MidpointT)
+    with pytest.raises(ValueError, match="already exists"):
+        registry.register_sampler("euler", _MidpointT)
+    with pytest.raises(ValueError, match="valid families"):
+        registry.register_sampler("x", _MidpointT, family="odd")
+    with pytest.raises(ValueError, match="subclass of samplers.base.Sampler"):
+        registry.register_sampler("x", dict)
+    with pytest.raises(ValueError, match=r"valid options: \['coords'\]"):
+        registry.get_sampler("my_midpoint", order=3)
+    registry.unregister_sampler("my_midpoint")
+    with pytest.raises(ValueError, match="valid samplers: .*'euler'"):
+        registry.get_sampler("my_midpoint")
