@@ -1,1 +1,2 @@
-"""Sample-quality metrics: optimal-transport distances (`ot`) and maximum mean discrepancy (`mmd`)."""
+"""Sample-quality metrics: optimal-transport distances (`ot`), maximum mean discrepancy (`mmd`), the
+FID InceptionV3 (`inception`, weights via `inception_weights`)."""
