@@ -75,6 +75,8 @@ DEFAULTS = {
         learn_sigma=True,
         num_classes=1000,
         frequency_embedding_size=256,
+        timestep_freq_shift=0,
+        mlp_norm_eps=1e-6,
         context_dim=0,
         text_encoder=None,
     ),

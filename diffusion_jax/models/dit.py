@@ -12,6 +12,12 @@ num_classes + 1 rows (the last is the learned null label for classifier-free gui
 Sizes (Table 1): S (12 layers, width 384, 6 heads), B (12, 768, 12), L (24, 1024, 16),
 XL (28, 1152, 16). With learn_sigma=True the output has 2x the input channels.
 
+Published-layout options (defaults = the official code): `timestep_freq_shift` 0 uses frequencies
+1e4^(-k/half) (official DiT), 1 uses 1e4^(-k/(half-1)) (diffusers' `DiTTransformer2DModel`, whose
+`Timesteps` has downscale_freq_shift=1); `mlp_norm_eps` is the LayerNorm epsilon before the MLP
+(official 1e-6; diffusers' block uses its `norm_eps`, 1e-5 by default). Converted diffusers weights
+set both so the network computes what diffusers computes.
+
 Extension: `context_dim > 0` inserts a cross-attention sub-block (zero-initialised output) after the
 self-attention of each block for sequence conditioning; it is absent in the published models.
 """
@@ -49,8 +55,8 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     return np.concatenate([one_axis(dim // 2, gw), one_axis(dim // 2, gh)], axis=1).astype(np.float32)
 
 
-def _ln(dim, rngs):
-    return nnx.LayerNorm(dim, epsilon=1e-6, use_bias=False, use_scale=False, rngs=rngs)
+def _ln(dim, rngs, eps=1e-6):
+    return nnx.LayerNorm(dim, epsilon=eps, use_bias=False, use_scale=False, rngs=rngs)
 
 
 def modulate(x, shift, scale):
@@ -61,8 +67,17 @@ def modulate(x, shift, scale):
 class DiTBlock(nnx.Module):
     """One adaLN-Zero DiT block: tokens [B, T, D], conditioning c [B, D] -> [B, T, D]."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, context_dim: int = 0, rngs):
-        self.norm1, self.norm2 = _ln(dim, rngs), _ln(dim, rngs)
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        context_dim: int = 0,
+        mlp_norm_eps=1e-6,
+        rngs,
+    ):
+        self.norm1, self.norm2 = _ln(dim, rngs), _ln(dim, rngs, mlp_norm_eps)
         self.attn = L.SelfAttention(dim, num_heads, rngs=rngs)
         hidden = int(dim * mlp_ratio)
         self.fc1 = L.linear(dim, hidden, rngs=rngs)
@@ -94,6 +109,10 @@ def validate_dit_config(cfg) -> None:
         raise ValueError(
             f"model.hidden_size={cfg.hidden_size} must be divisible by 4 (2-D sin-cos embedding)"
         )
+    if cfg.get("timestep_freq_shift", 0) not in (0, 1):
+        raise ValueError(
+            f"model.timestep_freq_shift={cfg.timestep_freq_shift!r} must be 0 (official) or 1 (diffusers)"
+        )
     if cfg.depth < 1:
         raise ValueError(f"model.depth={cfg.depth} must be >= 1")
 
@@ -108,6 +127,7 @@ class DiT(nnx.Module):
         self.out_channels = cfg.out_channels or (2 * cfg.in_channels if cfg.learn_sigma else cfg.in_channels)
         self.grid = cfg.image_size // p
         self.freq_dim = cfg.frequency_embedding_size
+        self.freq_shift = int(cfg.get("timestep_freq_shift", 0))
         self.x_embed = nnx.Conv(
             cfg.in_channels,
             d,
@@ -129,7 +149,14 @@ class DiT(nnx.Module):
         )
         self.blocks = nnx.List(
             [
-                DiTBlock(d, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, context_dim=cfg.context_dim, rngs=rngs)
+                DiTBlock(
+                    d,
+                    cfg.num_heads,
+                    mlp_ratio=cfg.mlp_ratio,
+                    context_dim=cfg.context_dim,
+                    mlp_norm_eps=cfg.get("mlp_norm_eps", 1e-6),
+                    rngs=rngs,
+                )
                 for _ in range(cfg.depth)
             ]
         )
@@ -149,7 +176,7 @@ class DiT(nnx.Module):
             raise ValueError("context given but model.context_dim == 0 (no cross-attention)")
         b = x.shape[0]
         h = self.x_embed(x).reshape(b, self.grid * self.grid, -1) + self.pos_embed[None]
-        t = L.positional_embedding(t_in, self.freq_dim, endpoint=False, sin_first=False)
+        t = L.positional_embedding(t_in, self.freq_dim, endpoint=bool(self.freq_shift), sin_first=False)
         c = self.t_fc2(jax.nn.silu(self.t_fc1(t)))
         if self.y_embed is not None:
             c = c + self.y_embed(label, batch=b)

@@ -1,0 +1,281 @@
+"""Shared machinery of the converters: key rules, strict checking, and the converted file.
+
+A converter is a list of `Rule`s, each tying one of our parameters (a dotted NNX state path such as
+`blocks.0.attn.qkv.kernel`) to one or more tensors of a published PyTorch state dict and a layout
+transform. The same rules convert in both directions, so export is the exact inverse of import
+(transposes, concatenations and splits only: round trips are bitwise).
+
+Transforms (PyTorch layout -> ours):
+  linear      W [out, in] -> kernel [in, out] (transpose)
+  conv        W [O, I, kh, kw] -> kernel [kh, kw, I, O] (NHWC / HWIO)
+  copy        unchanged (biases, norm scales, embedding tables)
+  cat_linear  several W_i [out_i, in] -> kernel [in, sum out_i] (e.g. separate q, k, v -> fused qkv)
+  cat         several b_i [n_i] -> [sum n_i]
+  unbatch     [1, ...] -> [...] (DiT's stored position table)
+
+The converted file is a safetensors file of our flattened state with JSON metadata (the model
+config, the source layout, the source file's SHA-256, extras such as latent scale factors) and a
+`<file>.sha256` sidecar in `sha256sum` format; loading verifies the checksum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from diffusion_jax.convert import safetensors_io
+
+FORMAT = "diffusion_jax.converted/1"
+KINDS = ("linear", "conv", "copy", "cat_linear", "cat", "unbatch")
+
+
+class ConversionError(ValueError):
+    """A published file does not match the layout a converter expects (names every bad key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Our parameter `ours` <- published tensors `theirs` through transform `kind` (see module doc)."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    kind: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Rule.kind={self.kind!r} unknown; valid: {KINDS}")
+        if len(self.theirs) != 1 and self.kind not in ("cat", "cat_linear"):
+            raise ValueError(f"Rule {self.ours}: kind {self.kind!r} takes exactly one source tensor")
+
+
+def rule(ours: str, theirs: str | tuple[str, ...], kind: str = "copy") -> Rule:
+    return Rule(ours, (theirs,) if isinstance(theirs, str) else tuple(theirs), kind)
+
+
+def linear(ours_prefix: str, theirs_prefix: str, *, bias: bool = True) -> list[Rule]:
+    """A dense layer: `<ours>.kernel` / `.bias` <- `<theirs>.weight` / `.bias`."""
+    out = [rule(f"{ours_prefix}.kernel", f"{theirs_prefix}.weight", "linear")]
+    return out + ([rule(f"{ours_prefix}.bias", f"{theirs_prefix}.bias")] if bias else [])
+
+
+def conv(ours_prefix: str, theirs_prefix: str) -> list[Rule]:
+    """A convolution: `<ours>.kernel` / `.bias` <- `<theirs>.weight` / `.bias`."""
+    return [
+        rule(f"{ours_prefix}.kernel", f"{theirs_prefix}.weight", "conv"),
+        rule(f"{ours_prefix}.bias", f"{theirs_prefix}.bias"),
+    ]
+
+
+def norm(ours_prefix: str, theirs_prefix: str) -> list[Rule]:
+    """GroupNorm / LayerNorm with affine: `scale` / `bias` <- `weight` / `bias`."""
+    return [
+        rule(f"{ours_prefix}.scale", f"{theirs_prefix}.weight"),
+        rule(f"{ours_prefix}.bias", f"{theirs_prefix}.bias"),
+    ]
+
+
+def fused_qkv(ours_prefix: str, theirs: tuple[str, str, str], *, bias: bool = True) -> list[Rule]:
+    """Separate q / k / v linears (`theirs` prefixes) -> our fused `qkv` linear."""
+    out = [rule(f"{ours_prefix}.kernel", tuple(f"{t}.weight" for t in theirs), "cat_linear")]
+    return out + ([rule(f"{ours_prefix}.bias", tuple(f"{t}.bias" for t in theirs), "cat")] if bias else [])
+
+
+def _forward(r: Rule, arrays: list[np.ndarray]) -> np.ndarray:
+    if r.kind == "linear":
+        return arrays[0].T
+    if r.kind == "conv":
+        return arrays[0].transpose(2, 3, 1, 0)
+    if r.kind == "copy":
+        return arrays[0]
+    if r.kind == "cat_linear":
+        return np.concatenate([a.T for a in arrays], axis=1)
+    if r.kind == "cat":
+        return np.concatenate(arrays, axis=0)
+    if arrays[0].shape[:1] != (1,):
+        raise ValueError("unbatch expects a leading axis of size 1")
+    return arrays[0][0]
+
+
+def _inverse(r: Rule, a: np.ndarray) -> list[np.ndarray]:
+    if r.kind == "linear":
+        return [a.T]
+    if r.kind == "conv":
+        return [a.transpose(3, 2, 0, 1)]
+    if r.kind == "copy":
+        return [a]
+    if r.kind == "cat_linear":
+        return [p.T for p in np.split(a, len(r.theirs), axis=1)]
+    if r.kind == "cat":
+        return list(np.split(a, len(r.theirs), axis=0))
+    return [a[None]]
+
+
+def _listing(title: str, items: list[str], limit: int = 12) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{title} ({len(items)}): " + ", ".join(items[:limit]) + more
+
+
+def flat_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
+    """{dotted path: shape} of every variable in an NNX state (abstract or concrete)."""
+    return {".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def apply_rules(
+    rules: list[Rule],
+    theirs: dict[str, np.ndarray],
+    ours_shapes: dict[str, tuple[int, ...]],
+    *,
+    what: str,
+    allow_partial: bool = False,
+    computed: tuple[str, ...] = (),
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Published state dict -> {our dotted path: array}; raises ConversionError naming every bad key.
+
+    Missing published keys, unexpected published keys and shape mismatches are all collected and
+    reported together. `computed` names our variables the layout does not store (the caller fills
+    them, e.g. a fixed position table). `allow_partial=True` converts what matches and returns the list of problems
+    instead of raising (the caller keeps its initial values for the rest).
+    """
+    covered = {r.ours for r in rules}
+    diff = sorted((covered | set(computed)) ^ set(ours_shapes))
+    assert not diff, f"converter bug: rules and model disagree on {diff[:8]}"
+    expected = {k for r in rules for k in r.theirs}
+    missing = sorted(expected - set(theirs))
+    unexpected = sorted(set(theirs) - expected)
+    out, bad_shape = {}, []
+    for r in rules:
+        if any(k not in theirs for k in r.theirs):
+            continue
+        arrays = [np.asarray(theirs[k]) for k in r.theirs]
+        try:
+            a = _forward(r, arrays)
+        except ValueError:
+            a = None
+        if a is None or tuple(a.shape) != ours_shapes[r.ours]:
+            got = " + ".join(f"{k} {list(x.shape)}" for k, x in zip(r.theirs, arrays, strict=True))
+            bad_shape.append(f"{got} (expected to give {list(ours_shapes[r.ours])} for {r.ours})")
+            continue
+        out[r.ours] = a
+    problems = []
+    if missing:
+        problems.append(_listing("missing keys", missing))
+    if unexpected:
+        problems.append(_listing("unexpected keys", unexpected))
+    if bad_shape:
+        problems.append(_listing("mis-shaped keys", bad_shape, limit=6))
+    if problems and not allow_partial:
+        raise ConversionError(
+            f"{what}: the state dict does not match the expected layout; "
+            + "; ".join(problems)
+            + " (pass allow_partial=True / --allow_partial to convert only what matches)"
+        )
+    return out, problems
+
+
+def export_rules(rules: list[Rule], ours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{our dotted path: array} -> published state dict (the exact inverse of `apply_rules`)."""
+    out = {}
+    for r in rules:
+        for k, a in zip(r.theirs, _inverse(r, np.asarray(ours[r.ours])), strict=True):
+            out[k] = np.ascontiguousarray(a)
+    return out
+
+
+def state_to_flat(state: nnx.State) -> dict[str, np.ndarray]:
+    """NNX state -> {dotted path: numpy array}."""
+    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+
+
+def fill_state(abstract: nnx.State, values: dict[str, np.ndarray], *, dtype=jnp.float32) -> nnx.State:
+    """A concrete state with the structure of `abstract` and the given values (every leaf required)."""
+    flat = []
+    for p, v in nnx.to_flat_state(abstract):
+        key = ".".join(map(str, p))
+        arr = np.asarray(values[key])
+        if tuple(arr.shape) != tuple(v.shape):
+            raise ConversionError(
+                f"{key}: shape {list(arr.shape)} does not match the model's {list(v.shape)}"
+            )
+        flat.append(
+            (p, v.replace(jnp.asarray(arr, dtype if np.issubdtype(arr.dtype, np.floating) else None)))
+        )
+    return nnx.from_flat_state(flat)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_config(cfg) -> str:
+    d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    return json.dumps(d, sort_keys=True, default=list)
+
+
+def save_converted(
+    path: str | os.PathLike, kind: str, config, params: dict[str, np.ndarray], extra: dict | None = None
+) -> str:
+    """Write our flattened parameters + metadata to `path` (.safetensors) and `path.sha256`.
+
+    kind: what builds the module (`'model'` = `models.build_model(config)`, or a text encoder kind).
+    Returns the SHA-256 hex digest of the written file.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"output {path!r} must end in .safetensors")
+    meta = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": _json_config(config),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    safetensors_io.write(path, {k: np.asarray(v) for k, v in params.items()}, meta)
+    digest = sha256_file(path)
+    with open(path + ".sha256", "w") as f:
+        f.write(f"{digest}  {os.path.basename(path)}\n")
+    return digest
+
+
+@dataclasses.dataclass
+class Converted:
+    """A loaded converted file: kind, model config, flat parameters, extras, checksum."""
+
+    kind: str
+    config: ml_collections.ConfigDict
+    params: dict[str, np.ndarray]
+    extra: dict
+    sha256: str
+
+
+def read_converted(path: str | os.PathLike, *, verify: bool = True) -> Converted:
+    """Read a converted file, verifying it against its `.sha256` sidecar (ValueError on mismatch)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"converted file {path!r} does not exist")
+    digest = sha256_file(path)
+    if verify:
+        side = path + ".sha256"
+        if not os.path.isfile(side):
+            raise ValueError(
+                f"{path}: checksum file {side} is missing (re-run the converter, or verify=False)"
+            )
+        want = open(side).read().split()[0] if os.path.getsize(side) else ""
+        if want != digest:
+            raise ValueError(f"{path}: SHA-256 {digest} does not match {side} ({want}); the file is damaged")
+    params, meta = safetensors_io.read(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: not a diffusion_jax converted file (format {meta.get('format')!r}, want {FORMAT!r})"
+        )
+    cfg = ml_collections.ConfigDict(json.loads(meta["config"]))
+    return Converted(meta["kind"], cfg, params, json.loads(meta.get("extra", "{}")), digest)
