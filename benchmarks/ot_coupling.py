@@ -16,7 +16,7 @@ Couplings (rows of the table):
   epsilon 0.05 relative to the mean cost, at most 200 iterations, pairs sampled from the plan; Tong
   et al. 2024 Alg. 3), inside the jitted step.
 * ``exact permutation (host, ours)``: objective coupling ``ot_exact`` fed by the library's
-  input-pipeline helper `objectives.pair_batch_exact_ot` (noise drawn with numpy, the optimal
+  input-pipeline helper `couplings.pair_batch_exact_ot` (noise drawn with numpy, the optimal
   permutation from POT's `ot.emd`, scipy's assignment as a fallback for degenerate plans), i.e. what
   `training.loop` does for ``ot_exact``. Unlike torchcfm's sampled pairs it is a true coupling.
 * ``exact ot.emd (host, torchcfm)``: torchcfm's `OTPlanSampler(method="exact")` transcribed: the
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _common as C
-from diffusion_jax import objectives
+from diffusion_jax import couplings
 from diffusion_jax.training.build import FAST_COMPILE
 
 NAME = "ot_coupling"
@@ -121,7 +121,7 @@ def host_batches(pool: np.ndarray, coupling: str, seed: int) -> Callable[[int], 
     if coupling in ("independent", "sinkhorn"):
         return lambda k: {"x": pool[k % len(pool)]}
     if coupling == "exact_lsa":
-        return lambda k: objectives.pair_batch_exact_ot({"x": pool[k % len(pool)]}, rng)
+        return lambda k: couplings.pair_batch_exact_ot({"x": pool[k % len(pool)]}, rng)
 
     def emd(k):
         x = pool[k % len(pool)]
@@ -139,7 +139,7 @@ def check_couplings(x: np.ndarray, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(x.shape).astype(np.float32)
     indep = float(np.mean(np.sum((x - noise) ** 2, -1)))
-    perm = objectives.exact_ot_pairing(x, noise)
+    perm = couplings.exact_ot_pairing(x, noise)
     lsa = float(np.mean(np.sum((x - noise[perm]) ** 2, -1)))
     emd2 = float(
         ot.emd2(ot.unif(len(x)), ot.unif(len(x)), ot.dist(x.astype(np.float64), noise.astype(np.float64)))
@@ -148,7 +148,7 @@ def check_couplings(x: np.ndarray, seed: int = 0) -> dict:
         lsa, emd2, rtol=1e-5, err_msg="exact permutation and ot.emd2 disagree on the OT cost"
     )
     # Not timed: XLA's fast-compile options (same values) save a second of compilation.
-    idx = jax.jit(objectives.sinkhorn_pairing, compiler_options=FAST_COMPILE)(
+    idx = jax.jit(couplings.sinkhorn_pairing, compiler_options=FAST_COMPILE)(
         jax.random.key(seed), jnp.asarray(x), jnp.asarray(noise)
     )
     sink = float(np.mean(np.sum((x - noise[np.asarray(idx)]) ** 2, -1)))

@@ -25,75 +25,42 @@ This avoids dividing by sigma (or alpha) at the endpoints. Consequently the "pla
 return exactly the familiar numbers: `fm` + velocity output is mean ||u_hat - u||^2, `eps_mse` + eps
 output is mean ||eps_hat - eps||^2, `edm` + EDM preconditioning is EDM's eq. 8 loss.
 
-**Weightings** (`WEIGHTINGS`; W is the multiplier above, w the Kingma & Gao weighting):
-  * ``elbo``      w = 1 (the continuous-time ELBO up to its constant; VDM, Kingma et al. 2021).
-                  W = (-dlambda/dt) / (2 p(t)): importance-weighted.
-  * ``sigmoid``   w = sigmoid(b - lambda) (Kingma & Gao sec. 5, their monotonic weighting; kwarg b,
-                  default 0). Importance-weighted.
-  * ``eps_mse``   W = 1: plain eps-MSE (Ho et al. 2020 L_simple); w = 2 p(lambda).
-  * ``x0_mse``    plain x0-MSE: W = c_x0^2 = e^-lambda; w = 2 p(lambda) e^-lambda.
-  * ``v_mse``     plain v-MSE (Salimans & Ho 2022): W = c_v^2; for VP paths 1 + e^-lambda, and with the
-                  cosine schedule and uniform t w = (2/pi) e^{-lambda/2} (Kingma & Gao App. D,
-                  weightings of previous work).
-  * ``fm``        plain flow-matching velocity MSE (Lipman et al. 2023 CFM loss; Liu et al. 2023):
-                  W = c_velocity^2. For rectified flow / CondOT with uniform t, W = 1/(1-t)^2 and
-                  w = e^{-lambda/2} exactly (Kingma & Gao App. D, flow matching with the OT path).
-  * ``snr``       SNR-weighted x0-MSE (Hang et al. 2023, eq. 5 baseline): W = e^lambda c_x0^2 = 1,
-                  i.e. the same loss as eps_mse (kept as a named, tested equivalence).
-  * ``min_snr``   Min-SNR-gamma (Hang et al. 2023, eq. 6): x0-MSE weighted by min(SNR, gamma), W =
-                  min(1, gamma e^-lambda); w = 2 p(lambda) min(1, gamma e^-lambda). kwarg gamma (5.0).
-  * ``truncated_snr`` max(SNR, 1)-weighted x0-MSE (Salimans & Ho 2022 sec. 4): W = max(1, e^-lambda).
-  * ``edm``       EDM (Karras et al. 2022, eq. 8 and Table 1): x0-MSE weighted by
-                  lambda(sigma) = (sigma^2 + sigma_data^2)/(sigma sigma_data)^2 with sigma = sigma_t/alpha_t:
-                  W = 1 + e^-lambda / sigma_data^2; w = 2 p(lambda)(e^-lambda + sigma_data^2)/sigma_data^2
-                  (Kingma & Gao App. D, with p the log-normal density of `lognormal_sigma`).
+The parts live in their own modules: `weightings` (w(lambda) and the multiplier W below, with the
+table of weightings), `time_distributions` (p(t)) and `couplings` (how data and source rows are
+paired). This module holds the objective's config schema and validation, the loss, and named presets.
 
-**Time distributions** (`TIME_DISTRIBUTIONS`, each with its exact density p(t)); every sample is
-clipped to [t_eps, 1 - t_eps] (the schedules are singular at an endpoint: lambda = +-inf); the
-densities are those of the unclipped laws (uniform is renormalised to the clipped interval):
-  * ``uniform``       t ~ U(t_eps, 1 - t_eps).
-  * ``antithetic``    low-discrepancy: t_i = (u + i/B) mod 1 (Kingma et al. 2021, VDM, low-discrepancy
-                      sampler of the appendix); each t_i is marginally uniform.
-  * ``stratified``    t_i = (i + u_i)/B, one draw per stratum; marginally uniform.
-  * ``logit_normal``  t = sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024, SD3 eq. 19); kwargs m, s.
-  * ``lognormal_sigma`` ln(sigma_t/alpha_t) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1 training),
-                      mapped to t by the schedule's inverse logSNR; kwargs P_mean=-1.2, P_std=1.2.
-  * ``logsnr_uniform`` lambda ~ U(lambda_min, lambda_max), mapped to t likewise; kwargs -10, 10. Where a
-                      schedule cannot reach part of that range the clipped samples sit at the end of
-                      the t interval (inside the support), so importance weights stay finite.
-
-**Couplings** (`COUPLINGS`) pair each data row with a noise row. If the batch carries ``noise`` it
-is used as the t=1 endpoint (a pipeline-supplied source sample), otherwise standard normal noise is
-drawn in-graph:
-  * ``independent``   no pairing.
-  * ``ot_sinkhorn``   minibatch entropic OT (Tong et al. 2024, OT-CFM; Pooladian et al. 2023) solved
-                      in-graph with ott-jax Sinkhorn on squared Euclidean costs; each data row then takes
-                      a noise row sampled from (or the argmax of) its row of the plan. kwargs epsilon
-                      (relative to the mean cost, 0.05), pairing 'sample'|'argmax', max_iterations.
-  * ``ot_exact``      exact minibatch OT computed *in the input pipeline* (`exact_ot_pairing`, numpy /
-                      scipy on the host while the device trains: a host callback would stall the step);
-                      the batch must carry the paired ``noise``.
-  * ``reflow``        (noise, data) pairs from a previous model (Liu et al. 2023); batch ``noise``.
+**Adding parts.** Each kind has a public ``register_*`` function and accepts a ``'module:Name'``
+reference wherever a name is accepted (`extensions`; docs/design.md shows one of each).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffusion_jax import couplings as C
 from diffusion_jax import predictions as P
-from diffusion_jax.models.conditioning import COND_KEYS, drop_context
+from diffusion_jax import time_distributions as TD
+from diffusion_jax import weightings as WG
+from diffusion_jax.conditioning import cond_from_batch
+from diffusion_jax.couplings import (  # noqa: F401  (re-exported: their home is `couplings`)
+    COUPLINGS,
+    exact_ot_pairing,
+    pair_batch_exact_ot,
+    pair_from_plan,
+    sinkhorn_pairing,
+    sinkhorn_plan,
+)
 from diffusion_jax.schedules import Schedule, get_schedule
+from diffusion_jax.time_distributions import TIME_DISTRIBUTIONS, TimeDistribution  # noqa: F401
+from diffusion_jax.weightings import WEIGHTINGS, Weighting  # noqa: F401
 
 Array = jax.Array
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 # -------------------------------------------------------------------------------------------------
 # Config schema and validation
@@ -146,8 +113,8 @@ def _get(cfg, name):
     return getattr(cfg, name, default_objective_config()[name])
 
 
-def _merge_kwargs(table: dict, name: str, kwargs, field: str) -> dict:
-    defaults = dict(table[name].defaults)
+def _merge_kwargs(defaults: dict, name: str, kwargs, field: str) -> dict:
+    defaults = dict(defaults)
     kwargs = dict(kwargs or {})
     bad = sorted(set(kwargs) - set(defaults))
     if bad:
@@ -156,6 +123,15 @@ def _merge_kwargs(table: dict, name: str, kwargs, field: str) -> dict:
         )
     defaults.update(kwargs)
     return defaults
+
+
+def _part(get, name, field):
+    """The part `name` from its module's `get` (a registered name or 'module:Name'), errors prefixed
+    by the objective field."""
+    try:
+        return get(name)
+    except ValueError as e:
+        raise ValueError(f"objective.{field}: {e}") from e
 
 
 def _choice(value, valid, field):
@@ -227,16 +203,23 @@ def resolve_objective(obj_cfg) -> Objective:
     sigma_data = float(g("sigma_data"))
     if not sigma_data > 0:
         raise ValueError(f"objective.sigma_data must be > 0, got {sigma_data}")
-    weighting = _choice(g("weighting"), WEIGHTINGS, "weighting")
-    wkw = _merge_kwargs(WEIGHTINGS, weighting, g("weighting_kwargs"), "weighting_kwargs")
-    if weighting == "edm" and wkw["sigma_data"] is None:
+    weighting = g("weighting")
+    wkw = _merge_kwargs(
+        _part(WG.get_weighting, weighting, "weighting").defaults,
+        weighting,
+        g("weighting_kwargs"),
+        "weighting_kwargs",
+    )
+    if "sigma_data" in wkw and wkw["sigma_data"] is None:
         wkw["sigma_data"] = sigma_data
-    td = _choice(g("time_distribution"), TIME_DISTRIBUTIONS, "time_distribution")
-    tkw = _merge_kwargs(TIME_DISTRIBUTIONS, td, g("time_kwargs"), "time_kwargs")
-    coupling = _choice(g("coupling"), COUPLINGS, "coupling")
-    ckw = _merge_kwargs(COUPLINGS, coupling, g("coupling_kwargs"), "coupling_kwargs")
-    if coupling == "ot_sinkhorn" and ckw["pairing"] not in ("sample", "argmax"):
-        raise ValueError(f"objective.coupling_kwargs.pairing={ckw['pairing']!r}; valid: ['argmax', 'sample']")
+    td = g("time_distribution")
+    tdist = _part(TD.get_time_distribution, td, "time_distribution")
+    tkw = _merge_kwargs(tdist.defaults, td, g("time_kwargs"), "time_kwargs")
+    coupling = g("coupling")
+    ckw = _merge_kwargs(
+        _part(C.coupling_defaults, coupling, "coupling"), coupling, g("coupling_kwargs"), "coupling_kwargs"
+    )
+    C.make_coupling(coupling, ckw)  # validates the fields
     t_eps = float(g("t_eps"))
     if not 0.0 <= t_eps < 0.5:
         raise ValueError(f"objective.t_eps must be in [0, 0.5), got {t_eps}")
@@ -246,12 +229,8 @@ def resolve_objective(obj_cfg) -> Objective:
     for k, v in list(wkw.items()) + list(tkw.items()):
         if k not in ("pairing",) and v is not None and not np.isfinite(float(v)):
             raise ValueError(f"objective: kwarg {k}={v} must be finite")
-    if td == "logit_normal" and not tkw["s"] > 0:
-        raise ValueError(f"objective.time_kwargs.s must be > 0, got {tkw['s']}")
-    if td == "lognormal_sigma" and not tkw["P_std"] > 0:
-        raise ValueError(f"objective.time_kwargs.P_std must be > 0, got {tkw['P_std']}")
-    if td == "logsnr_uniform" and not tkw["lambda_max"] > tkw["lambda_min"]:
-        raise ValueError("objective.time_kwargs: lambda_max must exceed lambda_min")
+    if tdist.check is not None:
+        tdist.check(tkw)
     return Objective(
         schedule=schedule,
         prediction=prediction,
@@ -277,199 +256,35 @@ def validate_objective_config(obj_cfg) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
-# Time distributions
+# Time distribution and weighting of an objective
 # -------------------------------------------------------------------------------------------------
-
-
-class TimeDistribution(NamedTuple):
-    """sample(key, n, schedule, dtype, **kw) -> t [n] (unclipped); log_density(t, schedule, **kw) ->
-    log p(t) [n]; defaults: the kwargs and their default values."""
-
-    sample: Callable
-    log_density: Callable
-    defaults: dict
-
-
-def _uniform_sample(key, n, schedule, dtype):
-    return jax.random.uniform(key, (n,), dtype)
-
-
-def _uniform_logp(t, schedule):
-    return jnp.zeros_like(t)
-
-
-def _antithetic_sample(key, n, schedule, dtype):
-    u0 = jax.random.uniform(key, (), dtype)
-    return jnp.mod(u0 + jnp.arange(n, dtype=dtype) / n, 1.0)
-
-
-def _stratified_sample(key, n, schedule, dtype):
-    return (jnp.arange(n, dtype=dtype) + jax.random.uniform(key, (n,), dtype)) / n
-
-
-def _logit_normal_sample(key, n, schedule, dtype, m, s):
-    return jax.nn.sigmoid(m + s * jax.random.normal(key, (n,), dtype))
-
-
-def _logit_normal_logp(t, schedule, m, s):
-    logit = jnp.log(t) - jnp.log1p(-t)
-    return -0.5 * ((logit - m) / s) ** 2 - math.log(s) - _LOG_SQRT_2PI - jnp.log(t) - jnp.log1p(-t)
-
-
-def _lognormal_sigma_sample(key, n, schedule, dtype, P_mean, P_std):  # noqa: N803
-    log_sigma = P_mean + P_std * jax.random.normal(key, (n,), dtype)
-    return schedule.t_from_logsnr(-2.0 * log_sigma)
-
-
-def _lognormal_sigma_logp(t, schedule, P_mean, P_std):  # noqa: N803
-    # ln sigma~ = -lambda/2  =>  p(t) = N(-lambda/2; P_mean, P_std) |d lambda/dt| / 2
-    log_sigma = -0.5 * schedule.logsnr(t)
-    return (
-        -0.5 * ((log_sigma - P_mean) / P_std) ** 2
-        - math.log(P_std)
-        - _LOG_SQRT_2PI
-        + jnp.log(0.5 * jnp.abs(schedule.d_logsnr(t)))
-    )
-
-
-def _logsnr_uniform_sample(key, n, schedule, dtype, lambda_min, lambda_max):
-    lam = jax.random.uniform(key, (n,), dtype, lambda_min, lambda_max)
-    return schedule.t_from_logsnr(lam)
-
-
-def _logsnr_uniform_logp(t, schedule, lambda_min, lambda_max):
-    lam = schedule.logsnr(t)
-    inside = (lam >= lambda_min) & (lam <= lambda_max)
-    logp = jnp.log(jnp.abs(schedule.d_logsnr(t))) - math.log(lambda_max - lambda_min)
-    return jnp.where(inside, logp, -jnp.inf)
-
-
-TIME_DISTRIBUTIONS: dict[str, TimeDistribution] = {
-    "uniform": TimeDistribution(_uniform_sample, _uniform_logp, {}),
-    "antithetic": TimeDistribution(_antithetic_sample, _uniform_logp, {}),
-    "stratified": TimeDistribution(_stratified_sample, _uniform_logp, {}),
-    "logit_normal": TimeDistribution(_logit_normal_sample, _logit_normal_logp, {"m": 0.0, "s": 1.0}),
-    "lognormal_sigma": TimeDistribution(
-        _lognormal_sigma_sample, _lognormal_sigma_logp, {"P_mean": -1.2, "P_std": 1.2}
-    ),
-    "logsnr_uniform": TimeDistribution(
-        _logsnr_uniform_sample, _logsnr_uniform_logp, {"lambda_min": -10.0, "lambda_max": 10.0}
-    ),
-}
-_UNIFORM_FAMILY = ("uniform", "antithetic", "stratified")
 
 
 def sample_time(obj: Objective, key: Array, n: int, dtype=jnp.float32) -> Array:
-    """Training times t [n] from the objective's time distribution, clipped to [t_eps, 1 - t_eps].
-
-    The uniform family is drawn on the clipped interval directly (t = t_eps + (1 - 2 t_eps) u)."""
-    td = TIME_DISTRIBUTIONS[obj.time_distribution]
-    t = td.sample(key, n, obj.schedule, dtype, **obj.tkw)
-    if obj.time_distribution in _UNIFORM_FAMILY:
-        t = obj.t_eps + (1.0 - 2.0 * obj.t_eps) * t
-    return jnp.clip(t, obj.t_eps, 1.0 - obj.t_eps).astype(dtype)
+    """Training times t [n] from the objective's time distribution, clipped to [t_eps, 1 - t_eps]
+    (`time_distributions.sample`)."""
+    td = TD.get_time_distribution(obj.time_distribution)
+    return TD.sample(td, obj.tkw, key, n, obj.schedule, obj.t_eps, dtype)
 
 
 def time_log_density(obj: Objective, t: Array) -> Array:
-    """log p(t) [n] of the objective's time distribution (the uniform family on [t_eps, 1 - t_eps])."""
-    td = TIME_DISTRIBUTIONS[obj.time_distribution]
-    logp = td.log_density(t, obj.schedule, **obj.tkw)
-    if obj.time_distribution in _UNIFORM_FAMILY:
-        logp = logp - math.log(1.0 - 2.0 * obj.t_eps)
-    return logp
+    """log p(t) [n] of the objective's time distribution (`time_distributions.log_density`)."""
+    td = TD.get_time_distribution(obj.time_distribution)
+    return TD.log_density(td, obj.tkw, t, obj.schedule, obj.t_eps)
 
 
-# -------------------------------------------------------------------------------------------------
-# Weightings
-# -------------------------------------------------------------------------------------------------
-
-
-class _Ctx(NamedTuple):
-    """Per-sample quantities a weighting may need (all [n])."""
-
-    t: Array
-    lam: Array
-    neg_dlam: Array  # -d lambda/dt > 0
-    log_p: Callable[[], Array]  # log p(t), computed only if asked for
-    alpha: Array
-    sigma: Array
-    d_alpha: Array
-    d_sigma: Array
-
-
-def _c_kind(kind: str, c: _Ctx) -> Array:
-    """|c_K| with ||K_hat - K|| = |c_K| ||eps_hat - eps|| at this time (module docstring)."""
-    a, s = c.alpha, c.sigma
-    if kind == "eps":
-        return jnp.ones_like(a)
-    if kind == "x0":
-        return s / a
-    if kind == "v":
-        return (a**2 + s**2) / a
-    if kind == "velocity":
-        return jnp.abs(a * c.d_sigma - s * c.d_alpha) / a
-    return 1.0 / s
-
-
-class Weighting(NamedTuple):
-    """weight(ctx, **kw) -> W [n] multiplying mean_d (eps_hat - eps)^2 (see module docstring), or
-    (kind, W_kind) meaning W = W_kind * c_kind^2 (so W_kind multiplies the `kind` MSE directly)."""
-
-    weight: Callable
-    defaults: dict
-
-
-def _importance(w_of_lam):
-    def weight(c, **kw):
-        return 0.5 * w_of_lam(c.lam, **kw) * c.neg_dlam * jnp.exp(-c.log_p())
-
-    return weight
-
-
-def _mse(kind, w_kind=None):
-    def weight(c, **kw):
-        return kind, (jnp.ones_like(c.t) if w_kind is None else w_kind(c, **kw))
-
-    return weight
-
-
-WEIGHTINGS: dict[str, Weighting] = {
-    "elbo": Weighting(_importance(lambda lam: jnp.ones_like(lam)), {}),
-    "sigmoid": Weighting(_importance(lambda lam, b: jax.nn.sigmoid(b - lam)), {"b": 0.0}),
-    "eps_mse": Weighting(_mse("eps"), {}),
-    "x0_mse": Weighting(_mse("x0"), {}),
-    "v_mse": Weighting(_mse("v"), {}),
-    "fm": Weighting(_mse("velocity"), {}),
-    "snr": Weighting(_mse("x0", lambda c: jnp.exp(c.lam)), {}),
-    "min_snr": Weighting(_mse("x0", lambda c, gamma: jnp.minimum(jnp.exp(c.lam), gamma)), {"gamma": 5.0}),
-    "truncated_snr": Weighting(_mse("x0", lambda c: jnp.maximum(jnp.exp(c.lam), 1.0)), {}),
-    # lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 with sigma^2 = e^-lambda
-    "edm": Weighting(
-        _mse("x0", lambda c, sigma_data: (jnp.exp(-c.lam) + sigma_data**2) * jnp.exp(c.lam) / sigma_data**2),
-        {"sigma_data": None},
-    ),
-}
-
-
-def _ctx(obj: Objective, t: Array) -> _Ctx:
+def _ctx(obj: Objective, t: Array) -> WG.WeightingContext:
     sch = obj.schedule
     co = sch(t)
     lam = sch.logsnr(t)
-    return _Ctx(t, lam, -sch.d_logsnr(t), lambda: time_log_density(obj, t), *co)
+    return WG.WeightingContext(t, lam, -sch.d_logsnr(t), lambda: time_log_density(obj, t), *co)
 
 
 def loss_weight(obj: Objective, t: Array, kind: str | None = None) -> Array:
     """The per-sample multiplier [n] of mean_d (K_hat - K)^2 for output kind K (default: the
-    objective's prediction kind; 'eps' gives W(t) of the module docstring)."""
+    objective's prediction kind; 'eps' gives W(t) of `weightings`)."""
     kind = obj.prediction if kind is None else P.check_kind(kind)
-    c = _ctx(obj, t)
-    out = WEIGHTINGS[obj.weighting].weight(c, **obj.wkw)
-    if isinstance(out, tuple):
-        wkind, w = out
-        if wkind == kind:
-            return w
-        return w * (_c_kind(wkind, c) / _c_kind(kind, c)) ** 2
-    return out / _c_kind(kind, c) ** 2
+    return WG.weight_for_kind(WG.get_weighting(obj.weighting), _ctx(obj, t), kind, obj.wkw)
 
 
 def kingma_gao_weight(obj: Objective, t: Array) -> Array:
@@ -477,99 +292,6 @@ def kingma_gao_weight(obj: Objective, t: Array) -> Array:
     w = 2 W(t) p(t) / (-d lambda/dt)."""
     c = _ctx(obj, t)
     return 2.0 * loss_weight(obj, t, "eps") * jnp.exp(c.log_p()) / c.neg_dlam
-
-
-# -------------------------------------------------------------------------------------------------
-# Couplings
-# -------------------------------------------------------------------------------------------------
-
-
-class Coupling(NamedTuple):
-    defaults: dict
-    needs_noise: bool
-
-
-COUPLINGS: dict[str, Coupling] = {
-    "independent": Coupling({}, False),
-    "ot_sinkhorn": Coupling({"epsilon": 0.05, "pairing": "sample", "max_iterations": 200}, False),
-    "ot_exact": Coupling({}, True),
-    "reflow": Coupling({}, True),
-}
-
-
-def sinkhorn_plan(x: Array, y: Array, epsilon: float = 0.05, max_iterations: int = 200) -> Array:
-    """Entropic OT plan [B, B] between the uniform empirical measures on x [B, ...] and y [B, ...]
-    with squared Euclidean cost (Cuturi 2013), epsilon relative to the mean cost; ott-jax, in-graph."""
-    from ott.geometry import pointcloud
-    from ott.problems.linear import linear_problem
-    from ott.solvers.linear import sinkhorn
-
-    xf = jax.lax.stop_gradient(x.reshape(x.shape[0], -1))
-    yf = jax.lax.stop_gradient(y.reshape(y.shape[0], -1))
-    geom = pointcloud.PointCloud(xf, yf, epsilon=epsilon, relative_epsilon="mean")
-    solver = sinkhorn.Sinkhorn(max_iterations=max_iterations, implicit_diff=None)
-    out = solver(linear_problem.LinearProblem(geom))
-    return out.matrix
-
-
-def sinkhorn_pairing(
-    key: Array, x: Array, y: Array, epsilon: float = 0.05, pairing: str = "sample", max_iterations: int = 200
-) -> Array:
-    """Indices j [B]: data row i is paired with y[j[i]], drawn from row i of the Sinkhorn plan
-    (`pairing='sample'`, Tong et al. 2024 Alg. 3) or its argmax."""
-    return pair_from_plan(key, sinkhorn_plan(x, y, epsilon, max_iterations), pairing)
-
-
-def pair_from_plan(key: Array, plan: Array, pairing: str = "sample") -> Array:
-    """Indices j [B] from a coupling plan [B, B]: j[i] ~ plan[i, :] (normalised) or its argmax."""
-    if pairing not in ("sample", "argmax"):
-        raise ValueError(f"pairing={pairing!r} unknown; valid: ['argmax', 'sample']")
-    logits = jnp.log(jnp.maximum(plan, jnp.finfo(plan.dtype).tiny))
-    if pairing == "argmax":
-        return jnp.argmax(logits, axis=1)
-    return jax.random.categorical(key, logits, axis=1)
-
-
-def exact_ot_pairing(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """Exact minibatch OT between uniform empirical measures of equal size (numpy, on the host).
-
-    Returns perm [B] such that (x0[i], x1[perm[i]]) are the optimal pairs for the squared Euclidean
-    cost: with equal uniform weights the OT plan is a permutation (Birkhoff-von Neumann), found by
-    POT's network simplex (`ot.emd`; Bonneel et al. 2011), whose optimal basic solution is
-    a vertex of the Birkhoff polytope, i.e. a permutation. It is 2-4x faster than scipy's
-    Jonker-Volgenant `linear_sum_assignment` on clustered data (measured in
-    `benchmarks/ot_coupling.py`); scipy remains the fallback should the plan not be a permutation.
-    Call it in the input pipeline (e.g. on a noise batch drawn there) so it overlaps with the device step.
-    """
-    import ot
-
-    a = np.asarray(x0, np.float64).reshape(len(x0), -1)
-    b = np.asarray(x1, np.float64).reshape(len(x1), -1)
-    if a.shape != b.shape:
-        raise ValueError(f"exact_ot_pairing needs equal shapes, got {a.shape} and {b.shape}")
-    n = len(a)
-    cost = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
-    w = np.full(n, 1.0 / n)
-    plan = ot.emd(w, w, cost, numItermax=max(100_000, 50 * n * n))
-    perm = np.argmax(plan, axis=1)
-    if len(np.unique(perm)) == n and np.allclose(plan[np.arange(n), perm], 1.0 / n):
-        return perm.astype(np.int64)
-    from scipy.optimize import linear_sum_assignment  # degenerate plan (ties split): exact fallback
-
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty(n, np.int64)
-    perm[rows] = cols
-    return perm
-
-
-def pair_batch_exact_ot(batch: dict, rng: np.random.Generator) -> dict:
-    """Input-pipeline helper for coupling 'ot_exact': draw standard normal noise for batch['x'] on
-    the host (unless batch has 'noise') and reorder it by `exact_ot_pairing`. Returns a new dict."""
-    x = np.asarray(batch["x"])
-    noise = np.asarray(batch["noise"]) if "noise" in batch else rng.standard_normal(x.shape).astype(x.dtype)
-    out = dict(batch)
-    out["noise"] = noise[exact_ot_pairing(x, noise)]
-    return out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -591,29 +313,6 @@ def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None) -> P.Denois
         sigma_data=obj.sigma_data,
         params=params,
     )
-
-
-def _cond_from_batch(batch: dict, obj: Objective, key: Array, null_label: int | None):
-    """The network's conditioning, with classifier-free guidance dropout (Ho & Salimans 2022) at rate
-    `label_dropout`: labels become the null label, and a caption's / embedding sequence's mask is
-    emptied (a dropped example has no context at all, which the cross-attention treats as exactly
-    unconditional). Labels and text draw independent decisions."""
-    cond = {k: batch[k] for k in COND_KEYS if k in batch}
-    if "context" in cond and "context_mask" not in cond:
-        cond["context_mask"] = jnp.ones(cond["context"].shape[:2], bool)
-    if "tokens" in cond and "tokens_mask" not in cond:
-        raise ValueError("batch has 'tokens' but no 'tokens_mask'")
-    if obj.label_dropout > 0:
-        k_text = jax.random.fold_in(key, 1)
-        if "label" in cond:
-            if null_label is None:
-                raise ValueError("the batch has labels but make_loss got num_classes=0 (no null label)")
-            drop = jax.random.bernoulli(key, obj.label_dropout, cond["label"].shape)
-            cond["label"] = jnp.where(drop, jnp.asarray(null_label, cond["label"].dtype), cond["label"])
-        for m in ("context_mask", "tokens_mask"):
-            if m in cond:
-                cond[m] = drop_context(k_text, jnp.asarray(cond[m], bool), obj.label_dropout)
-    return cond or None
 
 
 def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
@@ -644,7 +343,7 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
         null = int(num_classes) or None
     denoiser = make_denoiser_from_config(obj, net_fn)
     sch = obj.schedule
-    coupling = COUPLINGS[obj.coupling]
+    coupling = C.make_coupling(obj.coupling, obj.ckw)
 
     def loss_fn(params, batch, key):
         if "x" not in batch:
@@ -663,18 +362,15 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
         elif coupling.needs_noise:
             raise ValueError(
                 f"coupling {obj.coupling!r} needs the paired noise in batch['noise'] "
-                "(ot_exact: pair it in the input pipeline with `pair_batch_exact_ot`)"
+                "(a host-side coupling such as ot_exact pairs it in the input pipeline: `Coupling.pair_host`)"
             )
         else:
             eps = jax.random.normal(k_eps, x.shape, x.dtype)
-        if obj.coupling == "ot_sinkhorn":
-            ckw = obj.ckw
-            idx = sinkhorn_pairing(k_pair, x, eps, ckw["epsilon"], ckw["pairing"], int(ckw["max_iterations"]))
-            eps = eps[idx]
+        eps = coupling.pair(k_pair, x, eps)
         t = sample_time(obj, k_t, b, x.dtype)
         a, s = P.bcast(sch.alpha(t), x), P.bcast(sch.sigma(t), x)
         z = a * x + s * eps
-        cond = _cond_from_batch(batch, obj, k_drop, null)
+        cond = cond_from_batch(batch, k_drop, obj.label_dropout, null)
         out = denoiser.replace(params=params, cond=cond).raw(z, t, k_net)
         tgt = P.target(obj.prediction, x, eps, t, sch)
         axes = tuple(range(1, x.ndim))

@@ -219,7 +219,7 @@ def build_conditioning(cfg: ml_collections.ConfigDict, workdir: str | None, deno
         te = run.model.get("text_encoder")
         if te is None:
             raise ValueError("config.conditioning.caption: the model of this run has no text encoder")
-        from diffusion_jax.models.conditioning import tokenize_bytes
+        from diffusion_jax.data.text import tokenize_bytes
 
         tokens, mask = tokenize_bytes([caption] * num_seeds, int(te.get("max_len", 64)))
         cond["tokens"], cond["tokens_mask"] = np.asarray(tokens), np.asarray(mask)

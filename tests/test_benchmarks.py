@@ -65,7 +65,7 @@ def test_ot_coupling_quick(tmp_path):
 def test_torchcfm_pairs_are_a_permutation_for_uniform_batches():
     """With equal uniform weights ot.emd's plan is a permutation / B, so torchcfm's sampled pairs are
     (with replacement) optimal pairs: each drawn (x, noise) pair is one of the LSA pairs."""
-    from diffusion_jax.objectives import exact_ot_pairing
+    from diffusion_jax.couplings import exact_ot_pairing
 
     rng = np.random.default_rng(0)
     x, noise = rng.standard_normal((32, 2)), rng.standard_normal((32, 2))

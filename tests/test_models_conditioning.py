@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from configs.models import dit, mlp, unet_small
+from diffusion_jax.data import text as T
 from diffusion_jax.models import conditioning as C
 from diffusion_jax.models.functional import abstract_split, host_random_like, make_net_fn
 
@@ -82,7 +83,7 @@ def test_drop_labels_and_context_statistics():
 
 
 def test_tokenize_bytes():
-    ids, mask = C.tokenize_bytes(["hé", "abcdef"], max_len=4)
+    ids, mask = T.tokenize_bytes(["hé", "abcdef"], max_len=4)
     np.testing.assert_array_equal(ids[0], [104, 0xC3, 0xA9, C.PAD_ID])  # UTF-8 of 'é' is C3 A9
     np.testing.assert_array_equal(mask, [[True, True, True, False], [True] * 4])
     np.testing.assert_array_equal(ids[1], [97, 98, 99, 100])
@@ -93,7 +94,7 @@ def test_byte_text_encoder_masks_padding():
     def enc(ids, mask):  # init + apply in one compiled program
         return C.ByteTextEncoder(dim=16, depth=1, num_heads=2, max_len=8, rngs=nnx.Rngs(0))(ids, mask)
 
-    ids, mask = C.tokenize_bytes(["cat", "a dog"], max_len=8)
+    ids, mask = T.tokenize_bytes(["cat", "a dog"], max_len=8)
     out = enc(jnp.asarray(ids), jnp.asarray(mask))
     assert out.shape == (2, 8, 16)
     assert np.all(np.asarray(out)[~mask] == 0.0)
@@ -107,15 +108,15 @@ def test_load_npy_embeddings(tmp_path):
     emb = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float16)
     np.save(tmp_path / "e.npy", emb)
     np.save(tmp_path / "len.npy", np.array([5, 2, 0]))
-    e, m = C.load_npy_embeddings(tmp_path / "e.npy", tmp_path / "len.npy")
+    e, m = T.load_npy_embeddings(tmp_path / "e.npy", tmp_path / "len.npy")
     assert e.dtype == np.float32 and e.shape == (3, 5, 4)
     np.testing.assert_array_equal(m.sum(1), [5, 2, 0])
     np.save(tmp_path / "pooled.npy", emb[:, 0])
-    e, m = C.load_npy_embeddings(tmp_path / "pooled.npy")
+    e, m = T.load_npy_embeddings(tmp_path / "pooled.npy")
     assert e.shape == (3, 1, 4) and m.all()
     np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2, 2)))
     with pytest.raises(ValueError, match="embeddings must be"):
-        C.load_npy_embeddings(tmp_path / "bad.npy")
+        T.load_npy_embeddings(tmp_path / "bad.npy")
     np.save(tmp_path / "badlen.npy", np.array([6, 1, 1]))
     with pytest.raises(ValueError, match="lengths"):
-        C.load_npy_embeddings(tmp_path / "e.npy", tmp_path / "badlen.npy")
+        T.load_npy_embeddings(tmp_path / "e.npy", tmp_path / "badlen.npy")

@@ -16,9 +16,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from diffusion_jax import objectives
+from diffusion_jax.conditioning import cond_from_batch
 from diffusion_jax.data import captions
 from diffusion_jax.data.pipeline import make_iterator
-from diffusion_jax.models.conditioning import tokenize_bytes
+from diffusion_jax.data.text import tokenize_bytes
 from diffusion_jax.models.functional import abstract_split, host_random_like, make_net_fn
 from diffusion_jax.training import build, loop
 from diffusion_jax.training.config import validate_config
@@ -102,14 +103,14 @@ def test_caption_dropout_empties_masks_at_the_requested_rate():
     p, n = 0.3, 4000
     obj = objectives.resolve_objective({"label_dropout": p})
     ids, mask = tokenize_bytes(["a bag"] * n, 8)
-    cond = objectives._cond_from_batch({"tokens": ids, "tokens_mask": mask}, obj, jax.random.key(0), None)
+    cond = cond_from_batch({"tokens": ids, "tokens_mask": mask}, jax.random.key(0), obj.label_dropout)
     kept = np.asarray(cond["tokens_mask"])
     emptied = ~kept.any(axis=1)
     # 4 standard deviations of a Binomial(n, p) fraction
     assert abs(emptied.mean() - p) < 4 * np.sqrt(p * (1 - p) / n)
     np.testing.assert_array_equal(kept[~emptied], mask[~emptied])  # kept captions are untouched
     ctx = {"context": np.ones((n, 2, 3), np.float32), "context_mask": np.ones((n, 2), bool)}
-    dropped = ~np.asarray(objectives._cond_from_batch(ctx, obj, jax.random.key(1), None)["context_mask"])
+    dropped = ~np.asarray(cond_from_batch(ctx, jax.random.key(1), obj.label_dropout)["context_mask"])
     assert abs(dropped.all(axis=1).mean() - p) < 4 * np.sqrt(p * (1 - p) / n)
 
 

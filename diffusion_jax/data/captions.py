@@ -4,13 +4,13 @@ Two host-side sources of text conditioning, chosen by data-config fields and app
 before it goes to the device (`training.build.to_model_batch`):
 
 - ``data.captions = 'class_template'``: every example gets a caption made from its class name and one
-  of `TEMPLATES` (drawn per example), tokenized to UTF-8 bytes (`models.conditioning.tokenize_bytes`)
+  of `TEMPLATES` (drawn per example), tokenized to UTF-8 bytes (`data.text.tokenize_bytes`)
   for the trainable `ByteTextEncoder`: the batch gains ``tokens`` [b, L] int32 and ``tokens_mask``
   [b, L] bool, L = ``model.text_encoder.max_len`` (longer captions are truncated). The template draw
   uses ``default_rng([seed, step, process_index])``, so a resumed run sees the same captions.
 - ``data.embeddings_path = 'emb.npy'`` (+ optional ``data.embeddings_mask_path``): precomputed
   embeddings of any external encoder (CLIP, T5, ...), one row per class label, ``[num_classes, E]``
-  or ``[num_classes, L, E]`` (`models.conditioning.load_npy_embeddings`); the batch gains
+  or ``[num_classes, L, E]`` (`data.text.load_npy_embeddings`); the batch gains
   ``context`` [b, L, E] float32 and ``context_mask`` [b, L] bool looked up by ``label``. One row per
   label keeps the pipeline unchanged; per-example embeddings would need the example index in the batch.
 
@@ -51,7 +51,7 @@ def caption_tokens(cfg, labels, rng: np.random.Generator | None = None) -> dict:
     """Byte tokens of the template captions of `labels` under `cfg` (data.captions='class_template'):
     {"tokens" [b, L] int32, "tokens_mask" [b, L] bool}. Templates are drawn with `rng`; without one,
     every caption uses the first template (reproducible captions for sampling)."""
-    from diffusion_jax.models.conditioning import tokenize_bytes
+    from diffusion_jax.data.text import tokenize_bytes
 
     names = CLASS_NAMES[cfg.data.name]
     if rng is None:
@@ -65,7 +65,7 @@ def caption_tokens(cfg, labels, rng: np.random.Generator | None = None) -> dict:
 def make_text_transform(cfg) -> Callable[[dict, int], dict] | None:
     """`fn(batch, step) -> batch` adding text conditioning as the data config asks, or None if it does
     not. Raises ValueError (naming the field) on an inconsistent config; embeddings are loaded here."""
-    from diffusion_jax.models.conditioning import load_npy_embeddings
+    from diffusion_jax.data.text import load_npy_embeddings
 
     validate_text_config(cfg)
     d = cfg.data

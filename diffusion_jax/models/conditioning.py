@@ -1,30 +1,27 @@
-"""Conditioning: class labels with a null label, byte-level text encoder, precomputed embeddings.
+"""Conditioning networks: class-label embedding with a null label, byte-level text encoder.
+
+The semantics (condition keys, CFG dropout, the null condition, byte-token ids) live in the core
+module `diffusion_jax.conditioning`; `COND_KEYS`, `drop_labels` and `drop_context` are re-exported
+here for existing callers. Tokenising and loading embeddings are host-side data work (`data.text`).
 
 - Class labels: integer ids in [0, num_classes); the id `num_classes` is the null label, used for
-  classifier-free guidance (Ho & Salimans 2022): training drops labels to the null label with
-  probability p (`drop_labels`), sampling mixes conditional and null predictions.
+  classifier-free guidance (Ho & Salimans 2022).
 - Sequences of embeddings [B, L, E] with a mask [B, L] bool are consumed by cross-attention
   (`layers.CrossAttention`; Rombach et al. 2022, Sec. 3.3).
 - `ByteTextEncoder`: a small trainable Transformer over UTF-8 bytes (as in ByT5, Xue et al. 2022,
   which works on raw bytes), so captioned training needs no tokenizer or download.
 - `TextConditioned`: a `ByteTextEncoder` and a cross-attention denoiser trained as one network (one
   parameter tree), so the caption `tokens` / `tokens_mask` are just more conditioning inputs.
-- `load_npy_embeddings`: precomputed embeddings of any external encoder (CLIP, T5, ...).
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from diffusion_jax.conditioning import BYTE_VOCAB, COND_KEYS, PAD_ID, drop_context, drop_labels
 from diffusion_jax.models import layers as L
-
-PAD_ID = 256  # byte ids are 0..255; 256 pads
-BYTE_VOCAB = 257
 
 
 class ClassEmbedding(nnx.Module):
@@ -57,34 +54,6 @@ class ClassEmbedding(nnx.Module):
         is_null = label >= self.num_classes
         emb = self.table(jnp.where(is_null, 0, label))
         return jnp.where(is_null[:, None], 0.0, emb)
-
-
-def drop_labels(key: jax.Array, label: jax.Array, p: float, num_classes: int) -> jax.Array:
-    """Replace each label by the null label `num_classes` with probability p (CFG training dropout)."""
-    drop = jax.random.bernoulli(key, p, label.shape)
-    return jnp.where(drop, num_classes, label)
-
-
-def drop_context(key: jax.Array, context_mask: jax.Array, p: float) -> jax.Array:
-    """Zero the whole context mask of each example with probability p (CFG dropout for sequences)."""
-    drop = jax.random.bernoulli(key, p, context_mask.shape[:1])
-    return context_mask & ~drop[:, None]
-
-
-def tokenize_bytes(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 byte tokens: list of N strings -> (ids [N, max_len] int32, mask [N, max_len] bool).
-
-    Longer texts are truncated; padding uses id 256 and mask False.
-    """
-    if max_len < 1:
-        raise ValueError(f"max_len={max_len} must be >= 1")
-    ids = np.full((len(texts), max_len), PAD_ID, np.int32)
-    mask = np.zeros((len(texts), max_len), bool)
-    for i, s in enumerate(texts):
-        b = np.frombuffer(s.encode("utf-8"), np.uint8)[:max_len]
-        ids[i, : len(b)] = b
-        mask[i, : len(b)] = True
-    return ids, mask
 
 
 class TextBlock(nnx.Module):
@@ -126,9 +95,6 @@ class ByteTextEncoder(nnx.Module):
             x = blk(x, mask)
         return self.ln(x) * mask[..., None]
 
-
-COND_KEYS = ("label", "context", "context_mask", "tokens", "tokens_mask")
-"""Every conditioning input a network may take (batch keys, and keys of a denoiser's `cond`)."""
 
 TEXT_ENCODER_DEFAULTS = dict(dim=128, depth=2, num_heads=4, max_len=64)
 """Fields of `model.text_encoder` (the `ByteTextEncoder` arguments) and their defaults."""
@@ -177,29 +143,13 @@ class TextConditioned(nnx.Module):
         )
 
 
-def load_npy_embeddings(path: str | os.PathLike, mask_path: str | os.PathLike | None = None):
-    """Load precomputed embeddings from `.npy`: [N, E] (pooled) or [N, L, E] -> (emb [N,L,E] f32, mask).
-
-    mask_path (optional) holds a bool [N, L] mask or int lengths [N]; without it every token is valid.
-    """
-    emb = np.load(path, allow_pickle=False)
-    if emb.ndim == 2:
-        emb = emb[:, None, :]
-    if emb.ndim != 3:
-        raise ValueError(f"{path}: embeddings must be [N, E] or [N, L, E], got shape {emb.shape}")
-    n, length, _ = emb.shape
-    if mask_path is None:
-        mask = np.ones((n, length), bool)
-    else:
-        m = np.load(mask_path, allow_pickle=False)
-        if m.shape == (n,) and np.issubdtype(m.dtype, np.integer):
-            if m.min() < 0 or m.max() > length:
-                raise ValueError(f"{mask_path}: lengths must lie in [0, {length}]")
-            mask = np.arange(length)[None, :] < m[:, None]
-        elif m.shape == (n, length):
-            mask = m.astype(bool)
-        else:
-            raise ValueError(
-                f"{mask_path}: mask must be bool [{n},{length}] or int lengths [{n}], got {m.shape}"
-            )
-    return emb.astype(np.float32), mask
+__all__ = [
+    "COND_KEYS",
+    "TEXT_ENCODER_DEFAULTS",
+    "ByteTextEncoder",
+    "ClassEmbedding",
+    "TextBlock",
+    "TextConditioned",
+    "drop_context",
+    "drop_labels",
+]

@@ -35,6 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.conditioning import null_condition
 from diffusion_jax.predictions import Denoiser, Preconditioning, bcast
 
 Array = jax.Array
@@ -43,21 +44,6 @@ Array = jax.Array
 def guidance_cond(cond, uncond) -> dict:
     """The conditioning pytree of a guided denoiser: {"cond": cond, "uncond": uncond}."""
     return {"cond": cond, "uncond": uncond}
-
-
-def null_condition(cond: dict, null_label: int | None = None) -> dict:
-    """The unconditional counterpart of a conditioning dict, as classifier-free guidance dropout
-    trains it (Ho & Salimans 2022): 'label' becomes `null_label`, every '*_mask' (caption tokens,
-    context) is emptied, which cross-attention treats as no context; other entries are kept."""
-    out = {}
-    for k, v in cond.items():
-        if k == "label":
-            if null_label is None:
-                raise ValueError("null_condition: the condition has a label but no null_label was given")
-            out[k] = jnp.full_like(v, null_label)
-        else:
-            out[k] = jnp.zeros_like(v) if k.endswith("_mask") else v
-    return out
 
 
 def _check_pair(cond, uncond) -> None:

@@ -87,22 +87,23 @@ def build_runtime(cfg, devices=None) -> Runtime:
 
 
 def _host_batch_transform(cfg):
-    """Host-side batch processing before the device: rename keys for the objective, and pair noise
-    by exact minibatch OT for coupling 'ot_exact' (Tong et al. 2024), in numpy, so the device step
-    never waits for the assignment solver. The pairing noise of step s on process p is drawn from
-    `default_rng([seed, s, p])`, hence reproducible across resumes."""
+    """Host-side batch processing before the device: rename keys for the objective, and pair on the
+    host for a coupling that does so (`Coupling.pair_host`, e.g. exact minibatch OT), in numpy, so the
+    device step never waits for the assignment solver. The pairing randomness of step s on process p
+    is `default_rng([seed, 7, s, p])`, hence reproducible across resumes."""
+    from diffusion_jax.couplings import make_coupling
     from diffusion_jax.data.captions import make_text_transform
 
-    coupling = cfg.objective.get("coupling", "independent")
+    obj = cfg.objective
+    coupling = make_coupling(obj.get("coupling", "independent"), obj.get("coupling_kwargs", None))
     conditional = bool(cfg.model.get("num_classes", 0))
     text = make_text_transform(cfg)  # captions -> byte tokens, or per-label embeddings (or None)
-    if coupling != "ot_exact":
+    if not coupling.host_side:
         return lambda batch, step: to_model_batch(batch, conditional, text, step)
-    from diffusion_jax import objectives
 
     def transform(batch, step):
         rng = np.random.default_rng([int(cfg.seed), 0x07, int(step), jax.process_index()])
-        return objectives.pair_batch_exact_ot(to_model_batch(batch, conditional, text, step), rng)
+        return coupling.pair_host(to_model_batch(batch, conditional, text, step), rng)
 
     return transform
 
