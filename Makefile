@@ -11,7 +11,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export XLA_FLAGS := --xla_force_host_platform_device_count=8
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test lint install fmnist clean
+.PHONY: demo test lint install fmnist fmnist_classifier clean
 
 $(STAMP): setup.py pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
@@ -29,6 +29,12 @@ fmnist:
 	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null \
 	  || echo "WARNING: could not install dataset-fashion-mnist; tests that need it will fail"; \
 	fi
+
+# The Fashion-MNIST feature-distance classifier (trained here, never committed; ~10 epochs on CPU).
+FMNIST_CLF := checkpoints/fmnist_classifier.npz
+fmnist_classifier: $(FMNIST_CLF)
+$(FMNIST_CLF): | $(STAMP) fmnist
+	$(BIN)/python -m experiments.train_fmnist_classifier --out=$(FMNIST_CLF)
 
 demo: $(STAMP)
 	$(BIN)/python -m experiments.demo --out demo_out
