@@ -33,6 +33,7 @@ from diffusion_jax.training.build import (
     to_model_batch,
 )
 from diffusion_jax.training.config import validate_config
+from diffusion_jax.training.fsdp import fsdp_net_fn
 from diffusion_jax.training.logging import MetricsLogger
 from diffusion_jax.training.state import TrainState
 from diffusion_jax.training.step import check_nonfinite, jit_train_step, make_train_step
@@ -80,6 +81,8 @@ def build_runtime(cfg, devices=None) -> Runtime:
     loss_fn, denoiser = build_loss(cfg, net.net_fn)
     host_state, tx = build_state(cfg, net.params)
     state_sh = expand_shardings(sharding.state_shardings(host_state, mesh, rules), host_state)
+    if rules.fsdp_axes:  # ZeRO-3: gather weights in the network call, reduce-scatter their gradients
+        loss_fn, _ = build_loss(cfg, fsdp_net_fn(net.net_fn, state_sh.params, mesh, rules))
     batch_sh = sharding.batch_sharding(mesh, rules, 1)
     opts = FAST_COMPILE if cfg.training.get("fast_compile", False) else None
     step_fn = jit_train_step(make_train_step(loss_fn, tx, cfg.training), mesh, state_sh, batch_sh, opts)
