@@ -60,6 +60,7 @@ DEFAULTS = {
         norm_eps=1e-6,
         num_classes=0,
         learned_null=False,
+        decoder_attention="arch",
         context_dim=0,
         text_encoder=None,
     ),

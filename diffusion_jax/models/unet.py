@@ -14,7 +14,9 @@ References
 Both layouts share one encoder / middle / decoder skeleton; `arch` selects the two details that
 differ: where decoder attention sits (ncsnpp: once per level, adm: after every block) and whether
 up/down residual blocks always carry a 1x1 skip conv (ncsnpp BigGAN blocks) or only when the
-channel count changes (adm). All other options are config fields.
+channel count changes (adm). All other options are config fields; `decoder_attention`
+('per_level' / 'per_block', default 'arch') overrides the first, e.g. for DDPM (Ho et al. 2020 and
+diffusers' `UNet2DModel`: attention after every decoder block at the attention resolutions).
 
 Call: `model(x [B,H,W,C], t_in [B], *, label=None, context=None, context_mask=None,
 deterministic=True, rngs=None) -> [B,H,W,out_channels]`.
@@ -35,6 +37,7 @@ ARCHS = ("ncsnpp", "adm")
 RESBLOCK_TYPES = ("biggan", "ddpm")
 PROGRESSIVE_INPUTS = ("none", "input_skip", "residual")
 EMBEDDING_TYPES = ("positional", "fourier")
+DECODER_ATTENTION = ("arch", "per_level", "per_block")
 
 
 class ResBlock(nnx.Module):
@@ -119,6 +122,10 @@ def validate_unet_config(cfg) -> None:
         raise ValueError(f"model.progressive_input={cfg.progressive_input!r}; valid: {PROGRESSIVE_INPUTS}")
     if cfg.embedding_type not in EMBEDDING_TYPES:
         raise ValueError(f"model.embedding_type={cfg.embedding_type!r} unknown; valid: {EMBEDDING_TYPES}")
+    if cfg.get("decoder_attention", "arch") not in DECODER_ATTENTION:
+        raise ValueError(
+            f"model.decoder_attention={cfg.decoder_attention!r} unknown; valid: {DECODER_ATTENTION}"
+        )
     mult = tuple(cfg.ch_mult)
     if not mult or any((not isinstance(m, int)) or m < 1 for m in mult):
         raise ValueError(f"model.ch_mult={mult!r} must be a non-empty sequence of positive ints")
@@ -247,13 +254,15 @@ class UNet(nnx.Module):
         self.enc, self.pyr = nnx.List(enc), nnx.List(pyr)
         self.mid = nnx.List([ResBlock(c, c, emb_dim, **rb), attn(c), ResBlock(c, c, emb_dim, **rb)])
         dec = []
+        dec_attn = cfg.get("decoder_attention", "arch")
+        per_block = adm if dec_attn == "arch" else dec_attn == "per_block"
         for lvl in reversed(range(len(mult))):
             for _ in range(nrb + 1):
                 dec.append(ResBlock(c + skips.pop(), nf * mult[lvl], emb_dim, **rb))
                 c = nf * mult[lvl]
-                if adm and self.resolutions[lvl] in self.attn_res:
+                if per_block and self.resolutions[lvl] in self.attn_res:
                     dec.append(attn(c))
-            if not adm and self.resolutions[lvl] in self.attn_res:
+            if not per_block and self.resolutions[lvl] in self.attn_res:
                 dec.append(attn(c))
             if lvl != 0:
                 dec.append(up(c))
