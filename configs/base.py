@@ -1,6 +1,7 @@
 """The base experiment config every family extends, and `validate_config`.
 
-Sections: `seed`; `model` (see `configs/models/`); `data` (see `diffusion_jax.data`); `objective`
+Sections: `seed`; `imports` (modules of the researcher's own parts, imported before any name is
+resolved: see `diffusion_jax.extensions`); `model` (see `configs/models/`); `data` (see `diffusion_jax.data`); `objective`
 (see `diffusion_jax.objectives`); `training` (optimizer, schedule, EMA, precision, cadence);
 `mesh` (device mesh axis sizes, -1 = all remaining devices); `sampling` (sampler used for periodic
 samples and by default in `python -m diffusion_jax.sample`); `eval` (evaluation hooks).
@@ -22,6 +23,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     del arg
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
+    cfg.imports = ()  # e.g. ("my_lab.parts",): modules that call register_* (docs/design.md)
     cfg.model = ml_collections.ConfigDict()
     cfg.data = ml_collections.ConfigDict()
     cfg.objective = ml_collections.ConfigDict()

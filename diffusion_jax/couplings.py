@@ -194,13 +194,13 @@ COUPLINGS: dict[str, type[Coupling]] = {
 """The built-in couplings; `register_coupling` adds to this table."""
 
 
-def register_coupling(name: str, cls: type[Coupling], *, replace: bool = False) -> type[Coupling]:
+def register_coupling(name: str, cls: type[Coupling], *, overwrite: bool = False) -> type[Coupling]:
     """Make the `Coupling` subclass `cls` available as ``objective.coupling=name`` (explicit call)."""
     if not (isinstance(cls, type) and issubclass(cls, Coupling) and dataclasses.is_dataclass(cls)):
         raise ValueError(
             f"register_coupling({name!r}): expected a dataclass subclass of Coupling, got {cls!r}"
         )
-    return extensions.register(COUPLINGS, "coupling", name, cls, replace=replace)
+    return extensions.register(COUPLINGS, "coupling", name, cls, overwrite=overwrite)
 
 
 def coupling_class(name: str) -> type[Coupling]:

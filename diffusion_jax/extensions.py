@@ -86,20 +86,20 @@ def register(
     name: str,
     part: Any,
     *,
-    replace: bool = False,
+    overwrite: bool = False,
     expect: type | None = None,
 ) -> Any:
     """Add `part` to `table` under `name` (the shared body of every ``register_*`` function).
 
     `expect`: the type `part` must be an instance (or subclass) of. Re-registering the same object
     is a no-op (a module imported twice); another object under a taken name raises ValueError unless
-    ``replace=True``. Returns `part`.
+    ``overwrite=True``. Returns `part`.
     """
     _check_kind(kind, name, part, expect)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"register {kind}: name {name!r} must be a word such as 'sub_vp' (no ':')")
-    if name in table and table[name] is not part and not replace:
-        raise ValueError(f"{kind} {name!r} is already registered; pass replace=True to replace it")
+    if name in table and table[name] is not part and not overwrite:
+        raise ValueError(f"{kind} {name!r} is already registered; pass overwrite=True to replace it")
     table[name] = part
     return part
 

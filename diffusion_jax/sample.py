@@ -48,6 +48,7 @@ def define_flags() -> None:
 def get_default_config() -> ml_collections.ConfigDict:
     """The default sampling config: the exact denoiser of the 8-Gaussian ring, Euler on a Karras grid."""
     cfg = ml_collections.ConfigDict()
+    cfg.imports = ()  # modules of one's own parts (samplers, grids, ...), imported first
     d = cfg.denoiser = ml_collections.ConfigDict()
     d.source = "analytic"
     d.distribution = "gmm_2d_ring"
@@ -112,9 +113,10 @@ def build(cfg: ml_collections.ConfigDict, workdir: str | None):
     import jax.numpy as jnp
     import numpy as np
 
-    from diffusion_jax import analytic, predictions, schedules
+    from diffusion_jax import analytic, extensions, predictions, schedules
     from diffusion_jax.samplers import registry, seeds
 
+    extensions.import_modules(cfg.get("imports", ()))  # the sampling config's own parts, if any
     if cfg.dtype not in DTYPES:
         raise ValueError(f"config.dtype={cfg.dtype!r} unknown; valid: {list(DTYPES)}")
     if cfg.dtype == "float64" and not jax.config.jax_enable_x64:

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import extensions
+
 Array = jax.Array
 
 
@@ -472,17 +474,29 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "rectified_flow": RectifiedFlow,
     "polynomial": Polynomial,
 }
+"""The built-in schedules; `register_schedule` adds to this table."""
+
+
+def register_schedule(name: str, cls: type[Schedule], *, overwrite: bool = False) -> type[Schedule]:
+    """Make the `Schedule` dataclass `cls` available as ``objective.schedule=name`` (an explicit call,
+    e.g. at the top of the module a config lists in ``imports``; see `extensions`)."""
+    if not (isinstance(cls, type) and issubclass(cls, Schedule) and dataclasses.is_dataclass(cls)):
+        raise ValueError(
+            f"register_schedule({name!r}): expected a dataclass subclass of Schedule, got {cls!r}"
+        )
+    return extensions.register(SCHEDULES, "schedule", name, cls, overwrite=overwrite)
 
 
 def get_schedule(name: str, shift: float | None = None, **kwargs) -> Schedule:
-    """Build a schedule by name, e.g. `get_schedule("vp_linear", beta_max=20.0)`.
+    """Build a schedule by name, e.g. `get_schedule("vp_linear", beta_max=20.0)`; `name` may also be a
+    ``'package.module:Class'`` reference.
 
     `shift` (SD3 resolution shift) wraps any schedule in `Shifted`; `shift=None` or 1 leaves it.
     Raises ValueError naming the valid schedules, or the valid fields of the chosen one.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid names: {sorted(SCHEDULES)}")
-    cls = SCHEDULES[name]
+    cls = extensions.lookup(SCHEDULES, "schedule", name)
+    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
+        raise ValueError(f"schedule {name!r} is {cls!r}, not a subclass of schedules.Schedule")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(kwargs) - fields
     if unknown:

@@ -141,11 +141,11 @@ TIME_DISTRIBUTIONS: dict[str, TimeDistribution] = {
 
 
 def register_time_distribution(
-    name: str, dist: TimeDistribution, *, replace: bool = False
+    name: str, dist: TimeDistribution, *, overwrite: bool = False
 ) -> TimeDistribution:
     """Make `dist` available as ``objective.time_distribution=name`` (an explicit call; `extensions`)."""
     return extensions.register(
-        TIME_DISTRIBUTIONS, "time distribution", name, dist, replace=replace, expect=TimeDistribution
+        TIME_DISTRIBUTIONS, "time distribution", name, dist, overwrite=overwrite, expect=TimeDistribution
     )
 
 

@@ -132,9 +132,11 @@ WEIGHTINGS: dict[str, Weighting] = {
 """The built-in weightings; `register_weighting` adds to this table."""
 
 
-def register_weighting(name: str, weighting: Weighting, *, replace: bool = False) -> Weighting:
+def register_weighting(name: str, weighting: Weighting, *, overwrite: bool = False) -> Weighting:
     """Make `weighting` available as ``objective.weighting=name`` (an explicit call; see `extensions`)."""
-    return extensions.register(WEIGHTINGS, "weighting", name, weighting, replace=replace, expect=Weighting)
+    return extensions.register(
+        WEIGHTINGS, "weighting", name, weighting, overwrite=overwrite, expect=Weighting
+    )
 
 
 def get_weighting(name: str) -> Weighting:

@@ -4,6 +4,12 @@
 model has a complete table of fields with defaults (`DEFAULTS`); unknown names or fields raise
 ValueError listing the valid ones before anything is traced or compiled.
 
+A network from outside the package: an `nnx.Module` class built as ``cls(cfg, rngs=rngs)`` (cfg the
+completed `model` section) and called as ``model(x, t_in, label=, context=, context_mask=,
+deterministic=, rngs=)``; add it with `register_network(name, cls, defaults)` or name it as
+``model.name = 'package.module:Class'`` (its fields then come from the class attribute ``DEFAULTS``).
+Parameters carry logical axis names (`layers.meta`); the mapping to mesh axes is the training layer's.
+
 Text conditioning: the U-Net and DiT take `text_encoder` (None, or a dict with the fields of
 `conditioning.TEXT_ENCODER_DEFAULTS`: dim, depth, num_heads, max_len). When set, the network is
 `conditioning.TextConditioned`: a trainable `ByteTextEncoder` feeding the denoiser's cross-attention
@@ -15,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
+from diffusion_jax import extensions
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.conditioning import TEXT_ENCODER_DEFAULTS, ByteTextEncoder, TextConditioned
 from diffusion_jax.models.dit import DiT
@@ -95,12 +102,35 @@ DEFAULTS = {
 }
 
 
+def register_network(name: str, cls: type, defaults: dict, *, overwrite: bool = False) -> type:
+    """Make the network class `cls` available as ``model.name=name`` with fields `defaults` (every
+    field the class reads, with its default). An explicit call; see `extensions`."""
+    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
+        raise ValueError(f"register_network({name!r}): expected an nnx.Module subclass, got {cls!r}")
+    if not isinstance(defaults, dict) or "name" in defaults:
+        raise ValueError(f"register_network({name!r}): defaults must be a dict of fields (without 'name')")
+    if name in MODELS and MODELS[name] is not cls and not overwrite:
+        raise ValueError(f"network {name!r} is already registered; pass overwrite=True to replace it")
+    DEFAULTS[name] = dict(defaults)
+    return extensions.register(MODELS, "network", name, cls, overwrite=True)
+
+
+def network_class(name) -> tuple[type, dict]:
+    """(class, field defaults) of the network `name` (a registered name or 'package.module:Class')."""
+    try:
+        cls = extensions.lookup(MODELS, "network", name)
+    except ValueError as e:
+        raise ValueError(f"model.name={name!r} unknown; {str(e).split('; ', 1)[-1]}") from None
+    defaults = DEFAULTS.get(name) if name in MODELS else getattr(cls, "DEFAULTS", None)
+    if not isinstance(defaults, dict):
+        raise ValueError(f"model.name={name!r}: the class needs a DEFAULTS dict of its fields")
+    return cls, defaults
+
+
 def complete_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validate `cfg.name` and field names; return a copy with every field (defaults filled in)."""
     name = cfg.get("name", None)
-    if name not in MODELS:
-        raise ValueError(f"model.name={name!r} unknown; valid names: {sorted(MODELS)}")
-    valid = DEFAULTS[name]
+    _, valid = network_class(name)
     unknown = sorted(k for k in cfg.keys() if k != "name" and k not in valid)
     if unknown:
         raise ValueError(
@@ -148,11 +178,12 @@ def _complete_text_encoder(te) -> ml_collections.ConfigDict:
 def build_model(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
     """Construct the network described by the `model` config (see `DEFAULTS` for the fields)."""
     full = complete_config(cfg)
+    cls, _ = network_class(full.name)
     te = full.get("text_encoder")
     if te is None:
-        return MODELS[full.name](full, rngs=rngs)
+        return cls(full, rngs=rngs)
     encoder = ByteTextEncoder(te.dim, te.depth, te.num_heads, te.max_len, rngs=rngs)
-    return TextConditioned(encoder, MODELS[full.name](full, rngs=rngs))
+    return TextConditioned(encoder, cls(full, rngs=rngs))
 
 
 __all__ = [
@@ -165,4 +196,6 @@ __all__ = [
     "UNet",
     "build_model",
     "complete_config",
+    "network_class",
+    "register_network",
 ]

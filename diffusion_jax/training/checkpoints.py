@@ -63,12 +63,17 @@ def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """Read `<workdir>/config.json` back (JSON lists become tuples, as configs write them)."""
+    """Read `<workdir>/config.json` back (JSON lists become tuples, as configs write them) and import
+    the modules it lists in ``imports``, so the run's own parts resolve by name."""
+    from diffusion_jax.training.config import import_extensions
+
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
     with open(path) as f:
-        return ml_collections.ConfigDict(_tuplify(json.load(f)))
+        cfg = ml_collections.ConfigDict(_tuplify(json.load(f)))
+    import_extensions(cfg)
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     `training`, `mesh`, `sampling` and `eval` sections here, and the `objective` / `model` / `data`
     sections through their owners' validators when those modules provide one.
     """
+    import_extensions(cfg)
     for section in ("model", "data", "objective", "training", "mesh", "sampling"):
         if section not in cfg:
             raise ValueError(
@@ -101,6 +102,17 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _validate_objective(cfg.objective)
     _validate_batch(cfg, t)
     return cfg
+
+
+def import_extensions(cfg) -> list[str]:
+    """Import the modules listed in ``cfg.imports`` (a researcher's own parts, which call the
+    ``register_*`` functions), before any name in the config is resolved; returns their names."""
+    from diffusion_jax.extensions import import_modules
+
+    imports = cfg.get("imports", ())
+    if imports is not None and not isinstance(imports, str | tuple | list):
+        raise ValueError(f"imports={imports!r} must be a tuple of module names")
+    return import_modules(imports)
 
 
 def _validate_sampling_names(s):
