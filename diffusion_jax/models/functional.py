@@ -72,9 +72,11 @@ def init_split(cfg, *, seed: int = 0, mesh=None, rules=None):
     """Build `cfg` (a `model` ConfigDict) and split it -> (graphdef, params, rest), initialising
     inside one `jax.jit` (same values as eager construction with `nnx.Rngs(seed)`).
 
-    With `mesh` and `rules` (`training.sharding`), the initialiser's outputs get
-    `state_shardings(..., mesh, rules)` as out_shardings: FSDP-sharded parameters are created in
-    place on their devices and never materialised whole on one device.
+    With `mesh` and `rules` (a `training.sharding.ShardingRules`, which map the parameters' logical
+    axis names onto the mesh), the initialiser's outputs get `rules.state_shardings(..., mesh)` as
+    out_shardings: FSDP-sharded parameters are created in place on their devices and never
+    materialised whole on one device. (Networks only declare logical names; the training layer
+    owns the rules, so this module imports nothing from it.)
     """
     from diffusion_jax.models import build_model, complete_config
 
@@ -86,10 +88,9 @@ def init_split(cfg, *, seed: int = 0, mesh=None, rules=None):
     graphdef, aparams, arest = split(nnx.eval_shape(make))
     out_shardings = None
     if mesh is not None:
-        from diffusion_jax.training.sharding import make_rules, state_shardings
-
-        rules = rules or make_rules(mesh, "dp")
-        out_shardings = (state_shardings(aparams, mesh, rules), state_shardings(arest, mesh, rules))
+        if rules is None:
+            raise ValueError("init_split: `mesh` needs `rules` (training.sharding.make_rules(mesh, mode))")
+        out_shardings = (rules.state_shardings(aparams, mesh), rules.state_shardings(arest, mesh))
     params, rest = jax.jit(lambda: tuple(split(make())[1:]), out_shardings=out_shardings)()
     return graphdef, params, rest
 

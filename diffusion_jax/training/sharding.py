@@ -85,6 +85,11 @@ class ShardingRules:
     fsdp_min_size: int = 2**18
     logical: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    def state_shardings(self, tree, mesh: Mesh):
+        """`state_shardings(tree, mesh, self)`: lets code below the training layer (e.g.
+        `models.functional.init_split`) place a tree by these rules without importing this module."""
+        return state_shardings(tree, mesh, self)
+
 
 MODES = ("dp", "fsdp")
 
