@@ -1,0 +1,142 @@
+"""Published models as samplable denoisers: `load_pretrained(cfg.pretrained)` for the sampling engine.
+
+A pretrained config (`configs/pretrained/*.py`) names converted files (never downloads them):
+
+  pretrained.denoiser.path / .published / .convert   the converted network, where the original is
+                                                    published, and the command that converts it
+  pretrained.autoencoder.{path, published, convert}  optional: latent models decode through it
+  pretrained.kind, .time_input                       what the network predicts and sees (e.g. DiT:
+                                                    eps at the DDPM step index n - 1 = 1000 t - 1)
+  pretrained.latent_scale / .latent_shift            None = the autoencoder file's published factors
+
+plus the usual sampling fields (`schedule`: DiT's / DDPM's 1000 linear betas 1e-4 .. 0.02 as
+`vp_discrete`; `sampler`, `grid`, `conditioning`). Learned-sigma channels (DiT: 8 outputs for 4
+latent channels, Nichol & Dhariwal 2021) are dropped: the denoiser returns eps only, which is what
+deterministic samplers (and ancestral ones with the fixed DDPM variance) use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from diffusion_jax import predictions, schedules
+from diffusion_jax.convert import api
+
+
+@dataclasses.dataclass(frozen=True)
+class _Net:
+    """net_fn of a converted network: merges the NNX graph, calls it, keeps the first `channels`
+    output channels (drops learned-sigma channels). A frozen dataclass: equal for equal models."""
+
+    graphdef: object
+    channels: int
+
+    def __call__(self, params, z, t_in, cond=None, rng=None):
+        del rng
+        model = nnx.merge(self.graphdef, params)
+        label = None if not cond else cond.get("label")
+        out = model(z, t_in, label=label) if label is not None else model(z, t_in)
+        return out[..., : self.channels]
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded pretrained model: the denoiser (diffusion space), the per-sample shape it samples,
+    `decode` (diffusion space -> images in [-1, 1], or None for pixel models), the number of classes
+    (0 = unconditional; the null label is `num_classes`) and the files' checksums."""
+
+    denoiser: predictions.Denoiser
+    shape: tuple[int, ...]
+    decode: Callable[[jax.Array], jax.Array] | None
+    num_classes: int
+    sha256: dict
+
+
+def missing_file_message(entry, what: str) -> str:
+    """'<path> is missing: ...' naming the file, where it is published and the convert command."""
+    return (
+        f"pretrained {what} file {entry.path!r} is missing. The original is published at "
+        f"{entry.published}; convert it with: {entry.convert} "
+        f"(or point config.pretrained.{what}.path at an existing converted file)"
+    )
+
+
+def check_files(pcfg) -> None:
+    """Raise FileNotFoundError (one line naming file, source and command) if a converted file is absent."""
+    for what in ("denoiser", "autoencoder"):
+        entry = pcfg.get(what)
+        if entry is None or (what == "autoencoder" and not entry.get("path")):
+            continue
+        if not os.path.isfile(entry.path):
+            raise FileNotFoundError(missing_file_message(entry, what))
+
+
+def _schedule(cfg):
+    kw = (
+        cfg.schedule.kwargs.to_dict()
+        if hasattr(cfg.schedule.kwargs, "to_dict")
+        else dict(cfg.schedule.kwargs)
+    )
+    return schedules.get_schedule(cfg.schedule.name, shift=cfg.schedule.get("shift"), **kw)
+
+
+def load_pretrained(cfg, *, dtype=jnp.float32) -> Pretrained:
+    """Build the `Pretrained` a sampling config describes (its `pretrained` and `schedule` fields).
+
+    Validates everything (files present, checksums, kinds) before any compilation.
+    """
+    pcfg = cfg.pretrained
+    check_files(pcfg)
+    predictions.check_kind(pcfg.kind, "config.pretrained.kind")
+    if pcfg.time_input not in predictions.TIME_INPUTS:
+        raise ValueError(
+            f"config.pretrained.time_input={pcfg.time_input!r}; valid: {predictions.TIME_INPUTS}"
+        )
+    net, info = api.load_module(pcfg.denoiser.path, dtype=dtype)
+    mcfg = info.config
+    if info.kind != "model" or mcfg.get("name") not in ("dit", "unet"):
+        raise ValueError(
+            f"{pcfg.denoiser.path}: holds a {info.kind}/{mcfg.get('name')}, not a DiT or U-Net denoiser"
+        )
+    channels = mcfg.in_channels
+    shape = (mcfg.image_size, mcfg.image_size, channels)
+    graphdef, params = nnx.split(net)
+    denoiser = predictions.make_denoiser(
+        _Net(graphdef, channels), _schedule(cfg), pcfg.kind, time_input=pcfg.time_input, params=params
+    )
+    sha = {"denoiser": info.sha256}
+    decode = None
+    ae = pcfg.get("autoencoder")
+    if ae is not None and ae.get("path"):
+        vae, vinfo = api.load_module(ae.path, dtype=dtype)
+        if vinfo.config.get("name") != "autoencoder" or vinfo.config.z_channels != channels:
+            raise ValueError(
+                f"{ae.path}: autoencoder with {vinfo.config.get('z_channels')} latent channels does not fit the "
+                f"denoiser's {channels}"
+            )
+        scale = pcfg.get("latent_scale") or vinfo.extra.get("latent_scale", 1.0)
+        shift = pcfg.get("latent_shift")
+        shift = vinfo.extra.get("latent_shift", 0.0) if shift is None else shift
+        decode = _Decoder(*nnx.split(vae), float(scale), float(shift))
+        sha["autoencoder"] = vinfo.sha256
+    return Pretrained(denoiser, shape, decode, int(mcfg.get("num_classes", 0) or 0), sha)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoder:
+    """z (diffusion space) -> images: vae.decode(z / scale + shift) (Rombach et al. 2022, Sec. 4.3.2)."""
+
+    graphdef: object
+    params: object = dataclasses.field(compare=False)
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __call__(self, z):
+        vae = nnx.merge(self.graphdef, self.params)
+        return vae.decode(z / self.scale + self.shift)
