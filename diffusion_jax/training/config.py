@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+# One definition each: the optimizer / LR-schedule names belong to `state`, the dtypes to `step`.
+from diffusion_jax.training.state import LR_SCHEDULES, OPTIMIZERS
+from diffusion_jax.training.step import COMPUTE_DTYPES
+
 EVAL_METRICS = ("w2", "mmd", "sinkhorn")
 
 
@@ -53,7 +54,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _check_int(t.num_steps, "training.num_steps", 0)
     _check_choice(t.optimizer, OPTIMIZERS, "training.optimizer")
     _check_choice(t.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
-    _check_choice(t.compute_dtype, COMPUTE_DTYPES, "training.compute_dtype")
+    _check_choice(t.compute_dtype, tuple(COMPUTE_DTYPES), "training.compute_dtype")
     _check_number(t.lr, "training.lr", lo=0.0, lo_open=True)
     _check_int(t.warmup_steps, "training.warmup_steps", 0)
     _check_number(t.weight_decay, "training.weight_decay", lo=0.0)
