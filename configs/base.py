@@ -58,16 +58,23 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     m.data = -1
     m.fsdp = 1
 
+    # How the run is sampled: periodic samples, and the defaults of `diffusion_jax.sample` /
+    # `evaluate` / `Pipeline.from_workdir` on this run (diffusion_jax/training/sampling.py).
     s = cfg.sampling = ml_collections.ConfigDict()
     s.sampler = "euler"
+    s.sampler_kwargs = ml_collections.ConfigDict()  # e.g. --config.sampling.sampler_kwargs.order=3
     s.grid = "uniform"
+    s.grid_kwargs = ml_collections.ConfigDict()  # e.g. --config.sampling.grid_kwargs.t_min=0.001
     s.num_steps = 50
-    s.seed = 0  # sample i uses fold_in(key(seed), i)
-    s.num_samples = 64
+    s.seed = 0  # base seed: seed s uses fold_in(key(seed), s)
+    s.num_samples = 64  # periodic samples (seeds 0..num_samples-1)
     s.guidance_scale = 1.0
+    s.labels = ""  # class-conditional models: label of seed s = labels[s mod len] ("" = s mod K)
+    s.caption = ""  # text models: one caption for every seed ("" = class-template captions)
+    s.ema = ""  # weights: "" = the first EMA copy, "params" = raw params, or an EMA name
+    s.chunk_size = 16  # samples per compiled chunk (part of what fixes a seed's bits)
 
     e = cfg.eval = ml_collections.ConfigDict()
-    e.num_samples = 2000
+    e.num_samples = 2000  # seeds 0..num_samples-1 of the sampling settings
     e.metrics = ("w2", "mmd")
-    e.ema = ""  # which parameters to evaluate: "" = the first EMA copy, "params" = raw params
     return cfg

@@ -1,74 +1,128 @@
-"""Evaluate a trained run: `python -m diffusion_jax.evaluate --config=CFG --workdir=DIR`.
+"""Evaluate a trained run: `python -m diffusion_jax.evaluate --workdir=DIR [--config.x=...]`.
 
-Loads the newest readable checkpoint of DIR (or --step), draws `eval.num_samples` samples with the
-config's sampler (`sampling.*`, overridable) from the chosen weights (--ema: '' = first EMA copy,
-'params', or an EMA name), computes the low-dimensional metrics (toy 2-D: exact W2 with POT and MMD
-against fresh data samples), writes `eval/<step>.json` and a sample PNG, and prints the metrics.
---config is optional: by default the run's own config.json is used (`--config.*` overrides need --config).
+The config is the run's own `config.json` (or `--config=FILE`: a config file `path.py[:arg]` or a
+run's `config.json`); any field is overridable with a dotted flag, nested kwargs included, e.g.
+`--config.sampling.sampler=heun --config.sampling.grid_kwargs.t_min=0.001 --config.eval.num_samples=500`.
+
+Draws seeds 0..eval.num_samples-1 of the run's sampling settings (`sampling.*`: sampler, grid,
+steps, guidance, weights `sampling.ema`) from the newest readable checkpoint (or `--step`) through
+the one sampling engine, so they are the samples `diffusion_jax.sample` gives for those seeds.
+Computes the metrics on the streamed samples (toy 2-D: exact W2 with POT and MMD against fresh
+data samples), writes `eval/<step>.json` and a PNG (image grid or 2-D scatter), and prints the
+metrics. `--config.eval.save_samples=true` also writes every seed's `.npz` to `eval/<step>_samples/`.
+Nothing else in the run is touched. Multi-host: each process draws its own block of chunks; the
+samples are gathered for the metrics.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (default: the run's config.json).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a training run.")
-_EMA = flags.DEFINE_string("ema", None, "Weights: '' (first EMA), 'params', or an EMA name.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
 
 
-def evaluate(cfg, workdir: str, *, ema: str | None = None, step: int | None = None) -> dict:
-    """Metrics of the run in `workdir` under the sampling/eval settings of `cfg` (see module doc).
+def define_flags() -> None:
+    """The non-config flags (`--config` / `--config.*` are parsed by `training.overrides`)."""
+    flags.DEFINE_string("workdir", None, "Run directory of a training run.")
+    flags.DEFINE_string("ema", None, "Weights: '' (first EMA), 'params', or an EMA name (= sampling.ema).")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar over chunks.")
 
-    Returns: {"step": s, "ema": name, "num_samples": n, <metric>: value, ...}; also written to
-    `<workdir>/eval/<step>.json`.
+
+def _gather(samples, n_local: int):
+    """Every process's samples, in process (= seed) order (multi-host); identity on one process."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return samples
+    from jax.experimental import multihost_utils
+
+    counts = multihost_utils.process_allgather(np.asarray([n_local]))
+    width = int(np.max(counts))
+    pad = np.zeros((width - n_local, *samples.shape[1:]), samples.dtype)
+    every = multihost_utils.process_allgather(np.concatenate([samples, pad]))
+    return np.concatenate([every[p, : int(c)] for p, c in enumerate(np.ravel(counts))])
+
+
+def evaluate(
+    cfg, workdir: str, *, ema: str | None = None, step: int | None = None, progress: bool = False
+) -> dict:
+    """Metrics of the run in `workdir` under the sampling/eval settings of `cfg` (module doc).
+
+    cfg: the run config with any overrides (None = the run's config.json). ema: overrides
+    `sampling.ema`. Returns {"step", "ema", "num_samples", "sampler", "grid", "nfe", <metric>: value};
+    also written to `<workdir>/eval/<step>.json`.
     """
     import jax
+    import numpy as np
 
-    from diffusion_jax import objectives
-    from diffusion_jax.training import checkpoints, periodic
+    from diffusion_jax.samplers import seeds as sd
+    from diffusion_jax.training import checkpoints, periodic, sampling
 
-    state, run_cfg, net = checkpoints.load_train_state(workdir, step)
-    cfg = cfg or run_cfg
-    which = cfg.eval.get("ema", "") if ema is None else ema
-    params = checkpoints.select_params(state, which)
-    denoiser = objectives.make_denoiser_from_config(run_cfg.objective, net.net_fn, params)
+    cfg = cfg if cfg is not None else checkpoints.load_config(workdir)
+    if ema is not None:
+        cfg.sampling.ema = ema
     n = int(cfg.eval.num_samples)
-    samples = periodic.generate_samples(cfg, denoiser, n)
+    denoiser, _, _, s, weights = sampling.load_run(workdir, step=step, ema=sampling.spec_from_run(cfg).ema)
+    plan = periodic.plan_for(cfg, denoiser, step=s, weights=weights)  # validated before compiling
+    save = bool(cfg.eval.get("save_samples", False))
+    out_dir = os.path.join(workdir, "eval")
+    pi, pc = jax.process_index(), jax.process_count()
+    chunks = plan.stream(list(range(n)), devices=jax.local_devices(), process_index=pi, process_count=pc)
+    if progress and pi == 0:
+        from tqdm import tqdm
+
+        chunks = tqdm(
+            chunks, total=len(sd.chunk_block(-(-n // plan.chunk_size), pi, pc)), desc="evaluate", unit="chunk"
+        )
+    parts = []
+    with sd.BackgroundWriter() as writer:
+        for c in chunks:
+            parts.append(c.samples)  # metrics below are one call on the streamed samples
+            if save:
+                conds = [plan.condition_of(x) for x in c.seeds]
+                d = os.path.join(out_dir, f"{s:08d}_samples")
+                writer.submit(sd.save_samples, d, c.seeds, c.samples, meta=plan.meta, conds=conds)
+    local = np.concatenate(parts) if parts else np.zeros((0, *plan.shape), np.float32)
+    samples = _gather(local, len(local))
     metrics = periodic.evaluate_samples(cfg, samples)
-    s = int(jax.device_get(state.step))
-    out = {"step": s, "ema": which or "first", "num_samples": n, **metrics}
-    if jax.process_index() == 0:
-        d = os.path.join(workdir, "eval")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"{s:08d}.json"), "w") as f:
+    meta = plan.meta
+    out = {"step": s, "ema": weights, "num_samples": n, "sampler": meta["sampler"], "grid": meta["grid"],
+           "nfe": meta["nfe"], **metrics}  # fmt: skip
+    if pi == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"{s:08d}.json"), "w") as f:
             json.dump(out, f, indent=1)
         shown = samples[: int(cfg.sampling.num_samples)] if samples.ndim == 4 else samples
         ref = periodic.reference_samples(cfg, len(shown)) if samples.ndim == 2 else None
-        periodic.save_samples_png(shown, os.path.join(d, f"{s:08d}.png"), ref, f"step {s}")
+        periodic.save_samples_png(shown, os.path.join(out_dir, f"{s:08d}.png"), ref, f"step {s}")
     return out
 
 
 def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:
+    fl = flags.FLAGS
+    if not fl["verbosity"].present:
         # Orbax logs every save/restore at INFO; keep the console to warnings unless -v is given.
         absl_logging.set_verbosity(absl_logging.WARNING)
-    if _WORKDIR.value is None:
+    if fl.workdir is None:
         raise app.UsageError("--workdir is required")
-    from diffusion_jax.training import checkpoints
+    from diffusion_jax.training import checkpoints, overrides
     from diffusion_jax.training.config import validate_config
 
-    cfg = _CONFIG.value if _CONFIG.value is not None else checkpoints.load_config(_WORKDIR.value)
+    spec, sets = overrides.pop_config_args(argv)
+    base = overrides.load_config_arg(spec) if spec else checkpoints.load_config(fl.workdir)
+    cfg = overrides.apply_overrides(base, sets)
     validate_config(cfg)
-    out = evaluate(cfg, _WORKDIR.value, ema=_EMA.value, step=_STEP.value)
+    out = evaluate(cfg, fl.workdir, ema=fl.ema, step=fl.step, progress=fl.progress)
     print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    from diffusion_jax.training import overrides
+
+    overrides.run_cli(main, sys.argv)

@@ -1,6 +1,8 @@
 """Train a model: `python -m diffusion_jax.train --config=configs/toy2d/rf_uniform.py:moons --workdir=DIR`.
 
-Any config field can be overridden, e.g. `--config.training.num_steps=100 --config.training.lr=3e-4`.
+Any config field can be overridden, e.g. `--config.training.num_steps=100 --config.training.lr=3e-4`,
+nested kwargs included (`--config.sampling.grid_kwargs.t_min=0.001`); a run's `config.json` is
+accepted as `--config` (`training.overrides`). Config errors print one line, not a traceback.
 Re-running with the same workdir resumes from the newest readable checkpoint (exactly: same final
 parameters as an uninterrupted run). SIGTERM saves a checkpoint and exits with status 0.
 
@@ -17,11 +19,8 @@ import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (path[:arg]).", lock_config=True
-)
+# --config=path.py[:arg] | DIR/config.json and --config.a.b=value are parsed by training.overrides.
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -35,11 +34,13 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def main(argv):
-    del argv
     if not flags.FLAGS["verbosity"].present:
         # Orbax logs every save/restore at INFO; keep the console to warnings unless -v is given.
         absl_logging.set_verbosity(absl_logging.WARNING)
-    if _WORKDIR.value is None or _CONFIG.value is None:
+    from diffusion_jax.training import overrides
+
+    cfg = overrides.config_from_argv(argv)
+    if _WORKDIR.value is None or cfg is None:
         raise app.UsageError("--config and --workdir are required")
     import jax
 
@@ -53,7 +54,6 @@ def main(argv):
     from diffusion_jax.training.config import validate_config
     from diffusion_jax.training.loop import train
 
-    cfg = _CONFIG.value
     validate_config(cfg)
     logging.getLogger("diffusion_jax").setLevel(logging.INFO)
     result = train(cfg, _WORKDIR.value, progress=_PROGRESS.value)
@@ -62,5 +62,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    flags.mark_flags_as_required(["workdir"])
+    from diffusion_jax.training import overrides
+
+    overrides.run_cli(main, sys.argv, prog="diffusion_jax.train")

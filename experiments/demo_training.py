@@ -116,14 +116,14 @@ def part_training(out: str, steps: int = 3000, n: int = 2000, reuse_runs: bool =
         with open(os.path.join(wd, "metrics.jsonl")) as fh:
             last = [ln for ln in fh if ln.strip()][-1]
         loss = json.loads(last)["train/loss"]
-        sampler, grid = periodic._sampler_and_grid(cfg, den.schedule)
+        nfe = periodic.plan_for(cfg, den).meta["nfe"]  # the run's sampling settings, as drawn above
         rows.append(
             {
                 "formulation": f,
                 "objective": f"{cfg.objective.schedule}/{cfg.objective.prediction}/{cfg.objective.weighting}",
                 "t ~": cfg.objective.time_distribution,
                 "coupling": cfg.objective.coupling,
-                "sampler (NFE)": f"{cfg.sampling.sampler}/{cfg.sampling.grid} ({sampler.nfe(len(grid) - 1)})",
+                "sampler (NFE)": f"{cfg.sampling.sampler}/{cfg.sampling.grid} ({nfe})",
                 "final loss": float(loss),
                 "train s": round(times[f], 1),
                 "W2 trained": m["w2"],

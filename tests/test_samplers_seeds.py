@@ -148,7 +148,8 @@ def test_output_files(tmp_path):
 
 
 def test_sampling_cli(tmp_path):
-    """The `diffusion_jax.sample` entry point's library side: config validation, files, listing."""
+    """The `diffusion_jax.sample` entry point's library side on the analytic denoiser: validation,
+    files with their settings, resuming, the listing."""
     import json
 
     from diffusion_jax import sample as cli
@@ -157,15 +158,38 @@ def test_sampling_cli(tmp_path):
     cfg.seeds = "2-4,9"
     cfg.grid.num_steps = 4
     cfg.sampler.name = "ddpm"
+    cfg.progress = False
     summary = cli.run_sampling(cfg, str(tmp_path))
     files = sorted(os.listdir(tmp_path / "samples"))
-    assert files == ["000002.npz", "000003.npz", "000004.npz", "000009.npz", "sampling.json"]
-    assert summary["nfe"] == 4 and summary["num_samples"] == 4
+    assert files == ["000002.npz", "000003.npz", "000004.npz", "000009.npz", "samples.png", "sampling.json"]
+    assert summary["nfe"] == 4 and summary["num_samples"] == 4 and summary["drawn"] == 4
     assert json.load(open(tmp_path / "samples" / "sampling.json"))["seeds"] == "2-4,9"
-    # the files hold what the seeds API gives for the same seeds
-    den, sampler, grid, seeds, shape, dtype = cli.build(cfg, str(tmp_path))
-    ref = sd.sample(den, sampler, grid, [9], shape, chunk_size=cfg.chunk_size, dtype=dtype).samples[0]
-    np.testing.assert_array_equal(np.load(tmp_path / "samples" / "000009.npz")["sample"], ref)
+    f = np.load(tmp_path / "samples" / "000009.npz")
+    assert str(f["sampler"]) == "ddpm" and str(f["grid"]) == "karras" and int(f["nfe"]) == 4
+    # the files hold what the engine gives for the same seeds
+    plan, _, _ = cli.build_plan(cfg, str(tmp_path))
+    ref = sd.sample(
+        plan.denoiser, plan.sampler, plan.grid, [9], plan.shape, chunk_size=plan.chunk_size
+    ).samples
+    np.testing.assert_array_equal(f["sample"], ref[0])
+    # resumable: a second run draws nothing; other settings into the same folder are refused
+    assert cli.run_sampling(cfg, str(tmp_path))["skipped"] == 4
+    os.remove(tmp_path / "samples" / "000003.npz")
+    with open(tmp_path / "samples" / "000004.npz", "wb") as fh:
+        fh.write(b"truncated")
+    again = cli.run_sampling(cfg, str(tmp_path))
+    assert again["drawn"] == 2 and again["skipped"] == 2
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "samples" / "000004.npz")["sample"],
+        np.asarray(
+            sd.sample(
+                plan.denoiser, plan.sampler, plan.grid, [4], plan.shape, chunk_size=plan.chunk_size
+            ).samples[0]
+        ),
+    )
+    cfg.grid.num_steps = 5
+    with pytest.raises(ValueError, match="other settings"):
+        cli.run_sampling(cfg, str(tmp_path))
     for field, value, match in [
         ("sampler.name", "nope", "valid samplers"),
         ("grid.name", "nope", "valid grids"),
@@ -175,46 +199,39 @@ def test_sampling_cli(tmp_path):
         ("denoiser.kind", "noise", "denoiser.kind"),
         ("schedule.name", "nope", "valid names"),
         ("num_devices", 99, "num_devices"),
+        ("conditioning.labels", "0-3", "unconditional"),
+        ("conditioning.guidance_scale", 2.0, "unconditional"),
     ]:
         bad = cli.get_default_config()
         sec, _, leaf = field.rpartition(".")
         setattr(bad[sec] if sec else bad, leaf, value)
         with pytest.raises(ValueError, match=match):
-            cli.build(bad, str(tmp_path))
+            cli.build_plan(bad, str(tmp_path))
     bad = cli.get_default_config()
     bad.denoiser.source = "checkpoint"
     with pytest.raises(ValueError, match="workdir"):
-        cli.build(bad, None)
+        cli.build_plan(bad, None)
 
 
-def test_sampling_cli_checkpoint_source(tmp_path, monkeypatch):
-    """denoiser.source='checkpoint' goes through training.checkpoints.load_denoiser_and_shape and
-    builds the grid on the checkpoint's own schedule (not config.schedule)."""
-    from diffusion_jax import analytic
+def test_analytic_sampling_never_writes_into_a_run(tmp_path):
     from diffusion_jax import sample as cli
-    from diffusion_jax.samplers import grids
-    from diffusion_jax.training import checkpoints
 
-    rf = S.RectifiedFlow(t_max=0.999)
-    den = analytic.gmm_2d_ring().denoiser(rf, "velocity")
-    seen = {}
-
-    def fake(workdir, ema=None, step=None):
-        seen.update(workdir=workdir, ema=ema, step=step)
-        return den, None, (2,)
-
-    monkeypatch.setattr(checkpoints, "load_denoiser_and_shape", fake)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
     cfg = cli.get_default_config()
-    cfg.denoiser.source = "checkpoint"
-    cfg.denoiser.ema = "params"
-    cfg.seeds = "0-2"
-    cfg.grid.name = "uniform"
-    cfg.grid.num_steps = 3
-    d, _, grid, _, shape, _ = cli.build(cfg, str(tmp_path))
-    assert d is den and shape == (2,) and seen == {"workdir": str(tmp_path), "ema": "params", "step": None}
-    np.testing.assert_allclose(grid, np.asarray(grids.make_grid("uniform", 3, rf)))
-    cli.run_sampling(cfg, str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "samples"))[:3] == ["000000.npz", "000001.npz", "000002.npz"]
+    cfg.denoiser.source = "analytic"
+    with pytest.raises(ValueError, match="never writes into the run"):
+        cli.build_plan(cfg, str(run))
+    cfg.output_dir = str(run / "samples" / "x")
+    with pytest.raises(ValueError, match="inside the run"):
+        cli.build_plan(cfg, str(run))
+    assert sorted(os.listdir(run)) == ["config.json"]
+
+
+def test_listing_names_every_sampler_and_grid():
+    from diffusion_jax import sample as cli
+
     listing = cli.format_listing()
-    for name in list(st.SAMPLERS) + ["karras", "uniform"]:
+    for name in list(st.SAMPLERS) + ["karras", "uniform", "euler", "dpmpp_2m"]:
         assert f"  {name}" in listing

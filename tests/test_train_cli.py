@@ -38,6 +38,7 @@ def _train_cli(tmp_path):
         "--config.sampling.num_samples=200",
         "--config.eval.num_samples=200",
         "--config.training.ema_decays=(0.9,0.5)",
+        "--config.sampling.grid_kwargs.t_min=0.001",  # a nested kwarg the base config does not list
         "--progress=false",
     ]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -51,11 +52,43 @@ def test_train_cli_then_evaluate_and_load_denoiser(tmp_path):
     run_dir = _train_cli(tmp_path)
     _check_outputs(run_dir)
     _check_evaluate_and_load(run_dir)
+    _check_evaluate_cli_and_config_errors(run_dir)
+
+
+def _cli(module, *args, timeout=300):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _check_evaluate_cli_and_config_errors(run_dir):
+    """`evaluate --config.x=...` without --config overrides the run's own config.json; a run's
+    config.json is accepted back as --config; config errors are one line, not a traceback."""
+    p = _cli("diffusion_jax.evaluate", f"--workdir={run_dir}", "--config.eval.num_samples=40",
+             "--config.sampling.ema=params", "--progress=false")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout[p.stdout.index("{") :])
+    assert out["num_samples"] == 40 and out["ema"] == "params" and out["step"] == 6
+    cfg_json = os.path.join(run_dir, "config.json")
+    for args, msg in [
+        (
+            (f"--config={cfg_json}", "--config.sampling.sampler=nope"),
+            "sampling.sampler: unknown sampler 'nope'",
+        ),
+        ((f"--config={cfg_json}", "--config.training.nope=1"), "config.training has no field 'nope'"),
+        ((f"--config={cfg_json}", "--config.training.num_steps=abc"), "must be an integer"),
+    ]:
+        p = _cli("diffusion_jax.train", *args, f"--workdir={run_dir}_x")
+        assert p.returncode == 2 and msg in p.stderr, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not os.path.exists(f"{run_dir}_x")
 
 
 def _check_outputs(run_dir):
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
     assert cfg["training"]["num_steps"] == 6 and cfg["training"]["ema_decays"] == [0.9, 0.5]
+    assert cfg["sampling"]["grid_kwargs"] == {"t_min": 0.001}
     rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     assert [r["step"] for r in rows if "train/loss" in r] == [3, 6]
     ev = [r for r in rows if "eval/w2" in r]

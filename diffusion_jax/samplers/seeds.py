@@ -1,33 +1,43 @@
-"""Fixed-seed sampling: sample i depends only on seed i and the sampler settings.
+"""The sampling engine: sample s depends only on seed s and the sampler settings, whoever asks.
 
-Keys (DESIGN.md "Randomness"): sample i's key is `fold_in(key(base_seed), seeds[i])`. Its initial
-noise is drawn from `fold_in(sample_key, INIT_TAG)` and its step-j noise from `fold_in(sample_key, j)`
-(`base.run`); INIT_TAG = 2^32 - 1 can never be a step index. Nothing else is random.
+Every sample the project draws (sampling CLI, `evaluate`, periodic samples in training, `Pipeline`,
+demos, benchmarks, notebooks) goes through `stream` (or `sample`, which collects it).
+
+Keys (DESIGN.md "Randomness"): seed s's key is `fold_in(key(base_seed), s)` (`sample_keys`). Its
+initial state is drawn by the source from `fold_in(sample_key, INIT_TAG)` (`initial_state`; the
+default source is sigma(t0) N(0, I)) and its step-j noise from `fold_in(sample_key, j)` (`base.run`);
+INIT_TAG = 2^32 - 1 can never be a step index. Nothing else is random.
 
 Bitwise invariance. XLA on CPU may round a matmul differently for different batch shapes, so
-"same keys" is not enough for identical bits across batch sizes and device counts. `sample` therefore
-always evaluates samples in fixed-size chunks of `chunk_size`: the seeds are padded to a whole number
-of chunks per device and the padding is dropped. Every chunk runs one jitted single-device program
-(the sampler's whole `lax.scan` over the grid) on a [chunk_size, ...] array, so every sample is computed
-by the same executable on the same shape whatever the number of seeds or devices. Devices of `mesh`
-each own a contiguous block of chunks (the block layout of NamedSharding(mesh, P(axes)) over the
-batch) and run concurrently through asynchronous dispatch; the denoiser's parameters are copied to
-each device. Not shard_map / SPMD: a partitioned program compiles to different code than the
-one-device program (measured: ~1e-6 float32 differences), which would break 1 vs 8 device equality.
-No pmap. Tested bitwise for 1, 7 and 64 seeds and for 1 vs 8 devices (tests/test_samplers_seeds.py).
-Single host: the result is gathered to the host (multi-host runs would gather per process).
+"same keys" is not enough for identical bits across batch sizes and device counts. Seeds are
+therefore always evaluated in fixed-size chunks of `chunk_size` (the last chunk padded, the padding
+dropped). Every chunk runs one jitted single-device program (initial state + the sampler's whole
+`lax.scan` over the grid) on a [chunk_size, ...] array, so every sample is computed by the same
+executable on the same shape whatever the number of seeds, devices or processes. Chunks go
+round-robin to the local devices and run concurrently through asynchronous dispatch; process p of
+P draws the p-th contiguous block of chunks (multi-host). Not shard_map / SPMD: a partitioned
+program compiles to different code than the one-device program (measured: ~1e-6 float32
+differences), which would break 1 vs 8 device equality. No pmap.
 
-Outputs: `save_samples` writes `{seed:06d}.npz` (key `sample`) for every sample and `{seed:06d}.png`
-for images ([H, W, C] with C in 1/3/4, values in [-1, 1] mapped to uint8).
+Streaming: `stream` yields each chunk as it finishes while the next ones compute, so memory is
+bounded by the chunks in flight; `BackgroundWriter` writes files on a second thread.
+
+Outputs: `save_samples` writes `{seed:06d}.npz` (`sample`, `seed`, and the settings and condition of
+the sample) for every sample and `{seed:06d}.png` for images ([H, W, C] with C in 1/3/4, values in
+[-1, 1] mapped to uint8); `existing_sample` tells whether a seed's file is complete (resuming).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
+import itertools
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +51,8 @@ Array = jax.Array
 
 INIT_TAG = 0xFFFFFFFF  # fold_in data of the initial noise; step indices are far below it
 MAX_SEED = 0xFFFFFFFF
-MAX_COUNT = 10_000_000  # a guard against typos such as "0-4000000000"
+MAX_COUNT = 10_000_000
+DEFAULT_CHUNK_SIZE = 16  # samples per compiled chunk; part of what defines a sample's bits  # a guard against typos such as "0-4000000000"
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -82,10 +93,50 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def sample_keys(seeds: Array, base_seed: int = 0) -> Array:
-    """[n] typed keys fold_in(key(base_seed), seed) for integer seeds [n] (uint32)."""
+def parse_labels(spec: str | int | Sequence[int]) -> list[int]:
+    """Class labels from a spec such as "0-9" or "3,3,7" (like `parse_seeds`, repeats allowed)."""
+    if isinstance(spec, str):
+        out = []
+        for part in spec.split(","):
+            out.extend(parse_seeds(part))
+        return out
+    return [int(y) for y in ([spec] if isinstance(spec, int | np.integer) else spec)]
+
+
+def sample_keys(seeds, base_seed=0) -> Array:
+    """[n] typed keys fold_in(key(base_seed), seed) for integer seeds [n] (uint32).
+
+    The one key derivation of the project (DESIGN.md "Randomness"): every sample drawn anywhere
+    (sampling CLI, evaluate, periodic samples, Pipeline, demos, benchmarks) uses it.
+    """
     base = jax.random.key(base_seed)
     return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds, jnp.uint32))
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSource:
+    """The default source: z(t0) = sigma(t0) * eps, eps ~ N(0, I) (the alpha(t0) x term is neglected,
+    as in every reference sampler; it is exactly 0 where alpha = 0, e.g. rectified flow at t = 1).
+
+    A source is any hashable object with `draw(key, shape, schedule, t0, dtype) -> [*shape]`: the
+    state at grid time t0 of ONE sample from its own key (non-Gaussian sources plug in here).
+    """
+
+    def draw(self, key: Array, shape: tuple[int, ...], schedule, t0, dtype) -> Array:
+        eps = jax.random.normal(key, shape, dtype)
+        return schedule.sigma(jnp.asarray(t0, dtype)).astype(dtype) * eps
+
+
+GAUSSIAN = GaussianSource()
+
+
+def initial_state(keys: Array, source, shape: tuple[int, ...], schedule, t0, dtype) -> Array:
+    """[n, *shape] initial states; row i drawn by `source` from fold_in(keys[i], INIT_TAG) only.
+
+    keys: [n] per-sample keys (`sample_keys`); source: None (= `GAUSSIAN`) or a source object.
+    """
+    source = GAUSSIAN if source is None else source
+    return jax.vmap(lambda k: source.draw(jax.random.fold_in(k, INIT_TAG), shape, schedule, t0, dtype))(keys)
 
 
 def initial_noise(keys: Array, shape: tuple[int, ...], scale, dtype) -> Array:
@@ -120,6 +171,147 @@ def validate_sampling(denoiser: Denoiser, sampler: Sampler, grid) -> np.ndarray:
     return g
 
 
+class Chunk(NamedTuple):
+    """One finished chunk: seeds [m] (padding dropped), samples [m, *shape] (host numpy),
+    trajectory [N+1, m, *shape] or None, nfe (int)."""
+
+    seeds: list[int]
+    samples: np.ndarray
+    trajectory: np.ndarray | None
+    nfe: int
+
+
+def chunk_block(num_chunks: int, process_index: int = 0, process_count: int = 1) -> range:
+    """The contiguous block of chunk indices process `process_index` of `process_count` draws."""
+    per = math.ceil(num_chunks / process_count)
+    return range(min(process_index * per, num_chunks), min((process_index + 1) * per, num_chunks))
+
+
+def _per_seed_cond(cond, seeds: list[int]):
+    """`cond` as a function of a seed array: a callable is used as is; a pytree with leading axis
+    len(seeds) (row i belongs to seeds[i]) is looked up by seed."""
+    if cond is None or callable(cond):
+        return cond
+    n = len(seeds)
+    for leaf in jax.tree.leaves(cond):
+        if np.shape(leaf)[:1] != (n,):
+            raise ValueError(f"cond leaves need leading axis len(seeds) = {n}, got shape {np.shape(leaf)}")
+    row = {s: i for i, s in enumerate(seeds)}
+    host = jax.tree.map(np.asarray, cond)
+    return lambda chunk: jax.tree.map(lambda x: x[[row[int(s)] for s in chunk]], host)
+
+
+def _check_common(denoiser, sampler, grid, seeds, shape, chunk_size, base_seed, dtype):
+    seeds = parse_seeds(seeds)
+    g = validate_sampling(denoiser, sampler, grid)
+    shape = tuple(int(s) for s in shape)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if not isinstance(base_seed, int | np.integer) or not 0 <= base_seed <= MAX_SEED:
+        raise ValueError(f"base_seed must be an integer in [0, {MAX_SEED}], got {base_seed!r}")
+    return seeds, g, shape, jnp.dtype(dtype or jnp.result_type(float))
+
+
+def stream(
+    denoiser: Denoiser,
+    sampler: Sampler,
+    grid,
+    seeds,
+    shape: Sequence[int],
+    *,
+    base_seed: int = 0,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cond=None,
+    dtype=None,
+    source=None,
+    return_trajectory: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int | None = None,
+) -> Iterator[Chunk]:
+    """THE sampling engine: draw one sample per seed, yielding each chunk (in seed order) as it finishes.
+
+    Seeds are cut into chunks of `chunk_size` (the last one padded by repeating its last seed; the
+    padding is dropped). Every chunk runs one cached single-device jitted program (initial state +
+    the sampler's whole `lax.scan`) on a [chunk_size, ...] array, so a seed's bits depend on its seed,
+    the settings and chunk_size, never on the other seeds, the number of devices or of processes.
+    Process p of `process_count` draws the contiguous block `chunk_block(C, p, process_count)` of the
+    C chunks. Chunks are dispatched ahead round-robin over `devices` (asynchronous dispatch, up to
+    `prefetch` in flight, default 2 per device), so the next chunks compute while the caller handles
+    this one: memory stays bounded by the chunks in flight, whatever the number of seeds.
+
+    Args:
+      denoiser: any `Denoiser` (copied once to each device).
+      sampler: any `Sampler`; stochastic ones get the per-sample keys (module doc).
+      grid: [N+1] concrete descending times.
+      seeds: "0-63,100", an int, or a list of ints (`parse_seeds`).
+      shape: per-sample shape, e.g. (D,) or (H, W, C).
+      base_seed: sample key = fold_in(key(base_seed), seed).
+      devices: local devices to run chunks on (default: the first local device).
+      chunk_size: samples per compiled evaluation (part of what defines a sample's bits).
+      cond: None, a function `seeds [m] (uint32 numpy) -> conditioning pytree [m, ...]` (the
+        condition of a sample is a function of its seed), or a pytree with leading axis len(seeds)
+        (row i belongs to seeds[i]); set on the denoiser chunk by chunk (`Denoiser.with_cond`).
+      dtype: sample dtype (default: JAX's default float).
+      source: initial-state source (None = `GAUSSIAN`; see `initial_state`).
+      return_trajectory: also return z at every grid time.
+      process_index, process_count: this process's block of chunks (multi-host sampling).
+    Yields:
+      `Chunk`s of this process's block, in order.
+    """
+    seeds, g, shape, dtype = _check_common(
+        denoiser, sampler, grid, seeds, shape, chunk_size, base_seed, dtype
+    )
+    cond_fn = _per_seed_cond(cond, seeds)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    devices = list(devices) if devices is not None else jax.local_devices()[:1]
+    return _stream(denoiser, sampler, g, seeds, shape, base_seed, devices, int(chunk_size), cond_fn,
+                   dtype, source, return_trajectory, process_index, process_count, prefetch)  # fmt: skip
+
+
+def _stream(
+    den, sampler, g, seeds, shape, base_seed, devices, cs, cond_fn, dtype, source, traj, pi, pc, prefetch
+):
+    n = len(seeds)
+    num_chunks = math.ceil(n / cs)
+    padded = np.asarray(seeds + [seeds[-1]] * (num_chunks * cs - n), np.uint32).reshape(num_chunks, cs)
+    program = _chunk_program(
+        sampler, tuple(g.tolist()), shape, dtype.name, bool(traj), cond_fn is not None, source
+    )
+    base = np.uint32(base_seed)
+    dens = {}
+    pending = collections.deque()
+    depth = prefetch or 2 * len(devices)
+
+    def dispatch(c):
+        dev = devices[c % len(devices)]
+        if dev not in dens:
+            dens[dev] = jax.device_put(den, dev)
+        cond_c = None if cond_fn is None else jax.device_put(cond_fn(padded[c]), dev)
+        out = program(dens[dev], jax.device_put(base, dev), jax.device_put(padded[c], dev), cond_c)
+        pending.append((c, out))
+
+    block = chunk_block(num_chunks, pi, pc)
+    todo = iter(block)
+    for c in itertools.islice(todo, depth):
+        dispatch(c)
+    while pending:
+        c, (x, tr, nfe) = pending.popleft()
+        m = min(cs, n - c * cs)
+        chunk = Chunk(
+            [int(s) for s in padded[c, :m]],
+            np.asarray(x)[:m],
+            None if tr is None else np.asarray(tr)[:, :m],
+            int(nfe),
+        )
+        nxt = next(todo, None)
+        if nxt is not None:
+            dispatch(nxt)
+        yield chunk
+
+
 def sample(
     denoiser: Denoiser,
     sampler: Sampler,
@@ -129,91 +321,54 @@ def sample(
     *,
     base_seed: int = 0,
     mesh: Mesh | None = None,
-    chunk_size: int = 16,
+    devices: Sequence[jax.Device] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_trajectory: bool = False,
     cond=None,
     dtype=None,
+    source=None,
 ) -> SampleOutput:
-    """Draw one sample per seed, bitwise independent of the number of seeds and of devices.
+    """Every seed's sample at once: `stream` collected (see `stream` for the arguments; `mesh` is an
+    alternative way to give `devices`: its devices in order).
 
-    Args:
-      denoiser: any `Denoiser`; its params are replicated over `mesh`.
-      sampler: any `Sampler` (stochastic ones get the per-sample keys described in the module doc).
-      grid: [N+1] concrete descending times.
-      seeds: "0-63,100", an int, or a list of ints (see `parse_seeds`).
-      shape: per-sample shape, e.g. (D,) or (H, W, C).
-      base_seed: the run's base key is key(base_seed).
-      mesh: devices to shard the batch over (every mesh axis); None = the first local device.
-      chunk_size: samples per compiled evaluation; results depend on it, never on len(seeds) or the
-        device count. Keep it fixed to reproduce a run.
-      return_trajectory: also return z at every grid time.
-      cond: optional conditioning pytree whose leaves have leading axis len(seeds) (row i belongs to
-        seed i); set on the denoiser chunk by chunk (`Denoiser.with_cond`).
-      dtype: sample dtype (default: JAX's default float).
     Returns:
       SampleOutput(samples [n, *shape], trajectory [N+1, n, *shape] or None, nfe int32 scalar), as
-      arrays on the default device (gathered from the mesh).
+      arrays on the default device.
     """
-    seeds = parse_seeds(seeds)
-    g = validate_sampling(denoiser, sampler, grid)
-    shape = tuple(int(s) for s in shape)
-    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    if mesh is None:
-        mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    dtype = jnp.dtype(dtype or jnp.result_type(float))
-    n, n_dev = len(seeds), mesh.size
-    per_dev = math.ceil(n / (chunk_size * n_dev))
-    total = per_dev * n_dev * chunk_size
-    pad = total - n
-    seeds_arr = np.asarray(seeds + [seeds[-1]] * pad, np.uint32).reshape(per_dev * n_dev, chunk_size)
-    if cond is not None:
-        for leaf in jax.tree.leaves(cond):
-            if np.shape(leaf)[:1] != (n,):
-                raise ValueError(
-                    f"cond leaves need leading axis len(seeds) = {n}, got shape {np.shape(leaf)}"
-                )
-
-        def chunked(x):
-            x = np.asarray(x)
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)], axis=0)
-            return x.reshape((per_dev * n_dev, chunk_size) + x.shape[1:])
-
-        cond = jax.tree.map(chunked, cond)
-
-    devices = list(mesh.devices.flat)
-    if not isinstance(base_seed, int | np.integer) or not 0 <= base_seed <= MAX_SEED:
-        raise ValueError(f"base_seed must be an integer in [0, {MAX_SEED}], got {base_seed!r}")
-    base = np.uint32(base_seed)
-    chunk_fn = _chunk_program(
-        sampler, tuple(g.tolist()), shape, dtype.name, bool(return_trajectory), cond is not None
+    if mesh is not None and devices is None:
+        devices = list(mesh.devices.flat)
+    chunks = list(
+        stream(
+            denoiser,
+            sampler,
+            grid,
+            seeds,
+            shape,
+            base_seed=base_seed,
+            devices=devices,
+            chunk_size=chunk_size,
+            cond=cond,
+            dtype=dtype,
+            source=source,
+            return_trajectory=return_trajectory,
+        )  # fmt: skip
     )
-    # Device k owns the contiguous block of chunks [k * per_dev, (k + 1) * per_dev): the block layout of
-    # NamedSharding(mesh, P(mesh.axis_names)) over the batch. Dispatch is asynchronous, so the devices
-    # run concurrently; every chunk runs the same single-device executable.
-    outs = []
-    for k, dev in enumerate(devices):
-        den_k = jax.device_put(denoiser, dev)
-        for c in range(k * per_dev, (k + 1) * per_dev):
-            cond_c = None if cond is None else jax.device_put(jax.tree.map(lambda x, c=c: x[c], cond), dev)
-            outs.append(chunk_fn(den_k, jax.device_put(base, dev), jax.device_put(seeds_arr[c], dev), cond_c))
-    samples = np.concatenate([np.asarray(o[0]) for o in outs], axis=0)[:n]
+    samples = np.concatenate([c.samples for c in chunks], axis=0)
     traj = None
     if return_trajectory:
-        traj = jnp.asarray(np.concatenate([np.asarray(o[1]) for o in outs], axis=1)[:, :n])
-    nfe = max(int(o[2]) for o in outs)
-    return SampleOutput(jnp.asarray(samples), traj, jnp.asarray(nfe, jnp.int32))
+        traj = jnp.asarray(np.concatenate([c.trajectory for c in chunks], axis=1))
+    return SampleOutput(jnp.asarray(samples), traj, jnp.asarray(max(c.nfe for c in chunks), jnp.int32))
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_program(sampler, grid, shape, dtype_name, return_trajectory, has_cond):
+def _chunk_program(sampler, grid, shape, dtype_name, return_trajectory, has_cond, source):
     """The jitted per-chunk program: seeds [chunk] -> (samples [chunk, *shape], trajectory, nfe).
 
-    Cached on the static settings so repeated `sample` calls reuse it. Every chunk on every device
-    runs this one program on the same shape, which is what makes the bits independent of the
-    number of seeds and devices. (An SPMD-partitioned program over several devices compiles to
-    different code than the one-device program: XLA rewrote x / sqrt(y) as x * rsqrt(y) in one of
-    them in our tests, changing float32 samples by ~1e-6, hence no shard_map here.)
+    Cached on the static settings so repeated calls reuse it. Every chunk on every device runs this
+    one program on the same shape, which is what makes the bits independent of the number of seeds,
+    devices and processes. (An SPMD-partitioned program over several devices compiles to different
+    code than the one-device program: XLA rewrote x / sqrt(y) as x * rsqrt(y) in one of them in our
+    tests, changing float32 samples by ~1e-6, hence no shard_map here.)
     """
     dtype = jnp.dtype(dtype_name)
     grid_np = np.asarray(grid, np.float64).astype(dtype)  # compile-time constant: samplers may inspect it
@@ -221,8 +376,7 @@ def _chunk_program(sampler, grid, shape, dtype_name, return_trajectory, has_cond
     @jax.jit
     def run_chunk(den, base_seed, seed_chunk, cond_chunk):
         keys = sample_keys(seed_chunk, base_seed)
-        scale = den.schedule.sigma(jnp.asarray(grid_np[0]))
-        z = initial_noise(keys, shape, scale, dtype)
+        z = initial_state(keys, source, shape, den.schedule, grid_np[0], dtype)
         if has_cond:
             den = den.with_cond(cond_chunk)
         out = sampler.run(
@@ -243,11 +397,53 @@ def is_image(sample_shape: Sequence[int]) -> bool:
     return len(sample_shape) == 3 and sample_shape[-1] in (1, 3, 4)
 
 
-def save_samples(outdir: str, seeds: Sequence[int], samples, *, image: bool | None = None) -> list[str]:
-    """Write `{seed:06d}.npz` (array `sample`, float) for every sample, plus `{seed:06d}.png` when the
-    samples are images ([n, H, W, C], C in 1/3/4, values in [-1, 1]). Returns the written paths.
+def sample_path(outdir: str, seed: int) -> str:
+    """The file of one seed: `{outdir}/{seed:06d}.npz`."""
+    return os.path.join(outdir, f"{int(seed):06d}.npz")
 
-    `image=None` decides from the shape; `image=True` on a non-image shape raises ValueError.
+
+def _meta_equal(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype.kind == b.dtype.kind and bool(np.all(a == b))
+
+
+def existing_sample(outdir: str, seed: int, meta: dict | None = None) -> str:
+    """'complete' if the seed's file exists, reads back whole and holds `meta` (every key, equal
+    values), 'different' if it is complete but was drawn with other settings, '' otherwise
+    (missing or truncated: it is drawn again)."""
+    p = sample_path(outdir, seed)
+    if not os.path.exists(p):
+        return ""
+    try:
+        with np.load(p) as f:
+            if "sample" not in f.files or int(f["seed"]) != int(seed):
+                return ""
+            _ = f["sample"]
+            for k, v in (meta or {}).items():
+                if k not in f.files or not _meta_equal(f[k], v):
+                    return "different"
+    except Exception:  # noqa: BLE001  a truncated / corrupt file counts as absent
+        return ""
+    return "complete"
+
+
+def save_samples(
+    outdir: str,
+    seeds: Sequence[int],
+    samples,
+    *,
+    image: bool | None = None,
+    meta: dict | None = None,
+    conds: Sequence[dict] | None = None,
+) -> list[str]:
+    """Write `{seed:06d}.npz` for every sample, plus `{seed:06d}.png` when the samples are images
+    ([n, H, W, C], C in 1/3/4, values in [-1, 1]). Returns the written paths.
+
+    Each .npz holds `sample` [*shape], `seed`, the entries of `meta` (settings shared by all seeds:
+    sampler, grid, nfe, checkpoint step, weights, guidance scale, ...) and of `conds[i]` (seed i's
+    condition, e.g. `label`). Files are written to a temporary name and renamed, so a file that
+    exists is complete. `image=None` decides from the shape; `image=True` on a non-image shape raises
+    ValueError.
     """
     from PIL import Image  # local: only needed when writing files
 
@@ -255,6 +451,8 @@ def save_samples(outdir: str, seeds: Sequence[int], samples, *, image: bool | No
     seeds = list(seeds)
     if samples.shape[0] != len(seeds):
         raise ValueError(f"save_samples: {len(seeds)} seeds for {samples.shape[0]} samples")
+    if conds is not None and len(conds) != len(seeds):
+        raise ValueError(f"save_samples: {len(conds)} conditions for {len(seeds)} seeds")
     img = is_image(samples.shape[1:]) if image is None else image
     if img and not is_image(samples.shape[1:]):
         raise ValueError(
@@ -262,9 +460,12 @@ def save_samples(outdir: str, seeds: Sequence[int], samples, *, image: bool | No
         )
     os.makedirs(outdir, exist_ok=True)
     paths = []
-    for seed, x in zip(seeds, samples, strict=True):
-        p = os.path.join(outdir, f"{seed:06d}.npz")
-        np.savez(p, sample=x, seed=np.int64(seed))
+    for i, (seed, x) in enumerate(zip(seeds, samples, strict=True)):
+        p = sample_path(outdir, seed)
+        extra = {**(meta or {}), **(conds[i] if conds is not None else {})}
+        tmp = p + ".tmp.npz"
+        np.savez(tmp, sample=x, seed=np.int64(seed), **{k: np.asarray(v) for k, v in extra.items()})
+        os.replace(tmp, p)
         paths.append(p)
         if img:
             u8 = to_uint8(x)
@@ -275,10 +476,64 @@ def save_samples(outdir: str, seeds: Sequence[int], samples, *, image: bool | No
     return paths
 
 
+class BackgroundWriter:
+    """Runs `fn(*args)` calls in order on one background thread, so writing chunk c overlaps drawing
+    chunk c + 1. At most `max_pending` calls wait (the caller blocks beyond that: bounded memory).
+    `close()` waits for every call and re-raises the first error."""
+
+    def __init__(self, max_pending: int = 2):
+        import queue
+        import threading
+
+        self._q = queue.Queue(maxsize=max_pending)
+        self._error = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    item[0](*item[1])
+                except BaseException as e:  # noqa: BLE001  re-raised in the caller's thread
+                    self._error = e
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put((functools.partial(fn, **kwargs), args))
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "GAUSSIAN",
     "INIT_TAG",
+    "BackgroundWriter",
+    "Chunk",
+    "GaussianSource",
+    "chunk_block",
+    "existing_sample",
+    "initial_state",
+    "sample_path",
+    "stream",
     "initial_noise",
     "is_image",
+    "parse_labels",
     "parse_seeds",
     "sample",
     "sample_keys",

@@ -117,10 +117,21 @@ def import_extensions(cfg) -> list[str]:
 
 
 def _validate_sampling_names(s):
-    from diffusion_jax.samplers import grids, registry
+    """Sampler + kwargs and grid + kwargs as the registry builds them (names, aliases and options
+    are the registry's), the conditioning fields' types, the chunk size."""
+    from diffusion_jax.samplers import registry
 
-    _check_choice(s.sampler, tuple(registry.list_samplers()), "sampling.sampler")
-    _check_choice(s.grid, tuple(grids.list_grids()), "sampling.grid")
+    kw = s.get("sampler_kwargs", None)
+    try:
+        registry.get_sampler(s.sampler, **(kw.to_dict() if kw is not None else {}))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"sampling.sampler: {e}") from None
+    if s.grid not in registry.list_grids():
+        _check_choice(s.grid, tuple(registry.list_grids()), "sampling.grid")
+    _check_int(s.get("chunk_size", 16), "sampling.chunk_size", 1)
+    for f in ("labels", "caption", "ema"):
+        if not isinstance(s.get(f, ""), str):
+            raise ValueError(f"sampling.{f}={s.get(f)!r} must be a string")
 
 
 def _validate_objective(obj):

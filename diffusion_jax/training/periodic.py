@@ -1,8 +1,8 @@
 """Periodic sampling and evaluation during training, shared with `python -m diffusion_jax.evaluate`.
 
-* `generate_samples`: draw samples from a denoiser with the config's sampler / grid / steps; sample
-  i starts from noise drawn with fold_in(key(sampling.seed), i) and uses that key for any sampler
-  noise, so it does not depend on the batch size or device count.
+* `generate_samples`: seeds 0..n-1 under the run's `sampling` settings through the one sampling
+  engine (`training.sampling.make_plan` + `samplers.seeds.stream`): seed s is the sample the
+  sampling CLI, `evaluate` and `Pipeline` give for seed s of the same weights.
 * `save_samples_png`: an image grid (images in [-1, 1]) or a 2-D scatter plot (low-dim data).
 * `evaluate_samples`: for 2-D toy data, exact W2 (POT, on the host) and MMD against *fresh* data
   samples drawn with a key independent of training (`eval_data_key`).
@@ -14,107 +14,53 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from diffusion_jax.training.build import data_shape
 
 
-def sample_keys(seed: int, start: int, n: int) -> jax.Array:
-    """Typed keys [n]: key i is fold_in(key(seed), start + i)."""
-    base = jax.random.key(int(seed))
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + n, dtype=jnp.uint32))
+def plan_for(cfg, denoiser, *, seed: int | None = None, labels=None, step=None, weights=None):
+    """The `sampling.Plan` of a run's config `cfg` for `denoiser` (params set): the run's sampling
+    settings, base seed `seed` (default `sampling.seed`); `labels` (optional int array) overrides the
+    label of seed s with labels[s]."""
+    from diffusion_jax.training import sampling
 
+    spec = sampling.spec_from_run(cfg)
+    if seed is not None:
+        spec = spec.override(base_seed=int(seed))
+    label_of = None
+    if labels is not None:
+        table = np.asarray(labels, np.int32)
 
-def _sampler_and_grid(cfg, schedule):
-    from diffusion_jax.samplers import grids, registry
+        def label_of(s):
+            return table[np.asarray(s, np.int64)]
 
-    sampler = registry.get_sampler(cfg.sampling.sampler)
-    grid = grids.make_grid(cfg.sampling.grid, int(cfg.sampling.num_steps), schedule)
-    return sampler, grid
+    return sampling.make_plan(
+        cfg, denoiser, data_shape(cfg), spec, step=step, weights=weights or spec.ema, label_of=label_of
+    )
 
 
 def generate_samples(cfg, denoiser, n: int, *, seed: int | None = None, labels=None, mesh=None) -> np.ndarray:
-    """n samples [n, *data_shape] as a host numpy array.
+    """Seeds 0..n-1 of the run's sampling settings, [n, *data_shape] host numpy, drawn by the one
+    engine (`samplers.seeds.stream`): the same bits as `diffusion_jax.sample` / `evaluate` / Pipeline.
 
     Args:
-      denoiser: a `predictions.Denoiser` with params set.
+      denoiser: a `predictions.Denoiser` with params set (global arrays of a training mesh are fine).
       seed: base seed (default `cfg.sampling.seed`).
-      labels: optional int [n] class labels (class-conditional models; default i % num_classes).
-        With `sampling.guidance_scale != 1` the samples use classifier-free guidance against the
-        null label (`objective.null_label`, default num_classes).
-      mesh: if given, the batch is split over all its devices (replicated output); params must be
-        placed compatibly (global arrays from the train state are).
+      labels: optional int [n]: the label of seed i (class-conditional / text models; default: the
+        run's `sampling.labels` mapped over the seeds, i.e. seed mod K). With `sampling.guidance_scale
+        != 1` the samples use classifier-free guidance against the null condition.
+      mesh: if given, the chunks run on this process's devices of the mesh; every process draws all n
+        seeds (periodic sample counts are small), so each can read every sample.
     """
-    seed = int(cfg.sampling.seed if seed is None else seed)
-    shape = data_shape(cfg)
-    schedule = denoiser.schedule
-    sampler, grid = _sampler_and_grid(cfg, schedule)
-    num_classes = int(cfg.model.get("num_classes", 0) or 0)
-    null_label = int(cfg.objective.get("null_label", -1))
-    null_label = num_classes if null_label < 0 else null_label
-    text_cond = _text_conditioning(cfg, n, labels)
-    if labels is None and num_classes:
-        labels = np.arange(n) % num_classes
-    t0 = grid[0]
+    from diffusion_jax.training import sampling
 
-    scale = float(cfg.sampling.guidance_scale)
-
-    def run(params, keys, lab, txt):
-        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape, jnp.float32))(keys)
-        z = z * schedule.sigma(t0).astype(jnp.float32)
-        d = denoiser.replace(params=params, cond=None)
-        cond = {**(txt or {}), **({} if lab is None else {"label": lab})}
-        if cond and scale != 1.0:
-            # Classifier-free guidance (Ho & Salimans 2022) against the null label / empty captions.
-            from diffusion_jax.samplers.guidance import cfg_denoiser, null_condition
-
-            d = cfg_denoiser(d, cond, null_condition(cond, null_label), scale)
-        elif cond:
-            d = d.replace(cond=cond)
-        return sampler.run(d, z, grid, keys).samples
-
-    key_data = np.asarray(jax.random.key_data(sample_keys(seed, 0, n)))
-    # Labels reach the network only if it has a label embedding (a text model uses them for captions).
-    lab = None if labels is None or not num_classes else np.asarray(labels, np.int32)
-
-    def run_raw(params, kd, lab, txt):
-        return run(params, jax.random.wrap_key_data(kd), lab, txt)
-
+    denoiser = denoiser.replace(params=sampling.local_params(denoiser.params))
+    plan = plan_for(cfg, denoiser, seed=seed, labels=labels)
+    devices = None
     if mesh is not None:
-        # Inputs become global (replicated) arrays so the same program runs on every process of a
-        # multi-host mesh; the output is replicated, so each process can read it.
-        from diffusion_jax.training.distributed import global_from_host
-
-        rep = NamedSharding(mesh, PartitionSpec())
-        key_data = global_from_host(key_data, rep)
-        lab = None if lab is None else global_from_host(lab, rep)
-        text_cond = None if text_cond is None else jax.tree.map(lambda a: global_from_host(a, rep), text_cond)
-        fn = jax.jit(run_raw, out_shardings=rep)
-    else:
-        fn = jax.jit(run_raw)
-    out = fn(denoiser.params, key_data, lab, text_cond)
-    return np.asarray(jax.device_get(out))
-
-
-def _text_conditioning(cfg, n: int, labels) -> dict | None:
-    """Host-side caption tokens / per-label embeddings for n samples of a text-conditioned config
-    (labels default to i % number of classes, captions to the first template, so samples are
-    reproducible), or None for a config without text conditioning."""
-    d = cfg.data
-    if not (d.get("captions", "") or d.get("embeddings_path", "")):
-        return None
-    from diffusion_jax.data import captions
-    from diffusion_jax.data.pipeline import TFDS_DATASETS
-
-    if labels is None:
-        labels = np.arange(n) % TFDS_DATASETS[d.name].num_classes
-    labels = np.asarray(labels, np.int32)
-    if d.get("captions", "") == "class_template":
-        return {k: np.asarray(v) for k, v in captions.caption_tokens(cfg, labels).items()}
-    out = captions.make_text_transform(cfg)({"label": labels}, 0)
-    return {"context": np.asarray(out["context"]), "context_mask": np.asarray(out["context_mask"])}
+        devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return plan.sample(list(range(int(n))), devices=devices)
 
 
 def eval_data_key(cfg) -> jax.Array:
@@ -208,13 +154,17 @@ def save_samples_png(
 
 
 def run_periodic(rt, state, step: int, workdir: str, logger) -> dict:
-    """Training hook: at `sample_every` write `samples/<step>.png`; at `eval_every` log eval metrics
-    (toy2d: W2 / MMD of `eval.num_samples` EMA samples vs fresh data)."""
+    """Training hook: at `sample_every` write `samples/<step>.png` (image grid or 2-D scatter) and
+    `samples/<step>.npz` (`samples` [n, ...], `seeds` [n], `labels` if any, and the settings); at
+    `eval_every` log eval metrics (toy2d: W2 / MMD of `eval.num_samples` samples vs fresh data).
+    Seeds 0..n-1 of the run's `sampling` settings and weights (`sampling.ema`)."""
+    from diffusion_jax.training import sampling
     from diffusion_jax.training.checkpoints import select_params
 
     cfg = rt.cfg
     t = cfg.training
-    params = select_params(state, cfg.eval.get("ema", ""))
+    which = sampling.spec_from_run(cfg).ema
+    params = sampling.local_params(select_params(state, which))
     denoiser = rt.denoiser.replace(params=params)
     out = {}
     do_sample = t.sample_every > 0 and step % t.sample_every == 0
@@ -222,16 +172,25 @@ def run_periodic(rt, state, step: int, workdir: str, logger) -> dict:
     n = int(cfg.eval.num_samples) if do_eval else int(cfg.sampling.num_samples)
     if do_eval and do_sample:
         n = max(n, int(cfg.sampling.num_samples))
-    samples = generate_samples(cfg, denoiser, n, mesh=rt.mesh)
+    plan = plan_for(cfg, denoiser, step=step, weights=sampling.weights_name(state, which))
+    devices = [d for d in rt.mesh.devices.flat if d.process_index == jax.process_index()]
+    samples = plan.sample(list(range(n)), devices=devices)
     if do_eval:
         out = evaluate_samples(cfg, samples)
         logger.write(step, out, prefix="eval/")
     if do_sample and jax.process_index() == 0:
-        shown = samples[: int(cfg.sampling.num_samples)] if samples.ndim == 4 else samples
+        k = int(cfg.sampling.num_samples)
+        shown = samples[:k] if samples.ndim == 4 else samples
         ref = reference_samples(cfg, len(shown)) if samples.ndim == 2 else None
         path = save_samples_png(
             shown, os.path.join(workdir, "samples", f"{step:08d}.png"), ref, f"step {step}"
         )
+        conds = [plan.condition_of(i) for i in range(k)]
+        extra = {"labels": np.asarray([c["label"] for c in conds])} if conds and "label" in conds[0] else {}
+        np.savez(
+            os.path.join(workdir, "samples", f"{step:08d}.npz"),
+            samples=samples[:k], seeds=np.arange(k), **extra, **{a: np.asarray(b) for a, b in plan.meta.items()},
+        )  # fmt: skip
         if samples.ndim == 4:
             from PIL import Image
 
@@ -245,8 +204,8 @@ __all__ = [
     "generate_samples",
     "image_grid",
     "reference_samples",
+    "plan_for",
     "run_periodic",
-    "sample_keys",
     "save_samples_png",
     "to_uint8",
 ]
