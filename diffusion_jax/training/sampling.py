@@ -270,9 +270,7 @@ def make_plan(
 
         def cond_fn(seeds_chunk):
             c = plain(seeds_chunk)
-            return guidance.guidance_cond(
-                c, {k: np.asarray(v) for k, v in null_condition(c, null).items()}
-            )
+            return guidance.guidance_cond(c, {k: np.asarray(v) for k, v in null_condition(c, null).items()})
 
         first = cond_fn(np.zeros(1, np.uint32))
         denoiser = guidance.cfg_denoiser(denoiser, first["cond"], first["uncond"], scale)
