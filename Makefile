@@ -30,7 +30,7 @@ fmnist:
 	  || echo "WARNING: could not install dataset-fashion-mnist; tests that need it will fail"; \
 	fi
 
-# The Fashion-MNIST feature-distance classifier (trained here, never committed; ~10 epochs on CPU).
+# The Fashion-MNIST feature-distance classifier (trained here, never committed; 5 epochs on CPU).
 FMNIST_CLF := checkpoints/fmnist_classifier.npz
 fmnist_classifier: $(FMNIST_CLF)
 $(FMNIST_CLF): | $(STAMP) fmnist
