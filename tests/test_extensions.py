@@ -16,17 +16,45 @@ import pytest
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from diffusion_jax import couplings, extensions, objectives, schedules, weightings
+from diffusion_jax import couplings, extensions, objectives, schedules, time_distributions, weightings
+from diffusion_jax import models as M
 from diffusion_jax.models import build_model, complete_config
-from tests.extensions import my_lab
+from diffusion_jax.samplers import grids, registry
 from tests.test_training_multihost import REPO
+
+_TABLES = (
+    schedules.SCHEDULES,
+    weightings.WEIGHTINGS,
+    time_distributions.TIME_DISTRIBUTIONS,
+    couplings.COUPLINGS,
+    M.MODELS,
+    M.DEFAULTS,
+    registry._USER_SAMPLERS,
+    grids._USER_GRIDS,
+    grids._USER_GRID_KWARGS,
+)
+
+
+@pytest.fixture(scope="module")
+def my_lab():
+    """Import the researcher's module (it registers its parts) and afterwards restore every table,
+    so other tests in this process see only the package's own parts."""
+    saved = [dict(t) for t in _TABLES]
+    import importlib
+
+    mod = importlib.import_module("tests.extensions.my_lab")
+    yield mod
+    for table, before in zip(_TABLES, saved, strict=True):
+        table.clear()
+        table.update(before)
+    sys.modules.pop("tests.extensions.my_lab", None)
 
 
 def _b(t, bmin=0.1, bmax=20.0):
     return bmin * t + 0.5 * (bmax - bmin) * t**2
 
 
-def test_sub_vp_schedule_by_name_and_path(x64):
+def test_sub_vp_schedule_by_name_and_path(my_lab, x64):
     t = np.linspace(0.01, 0.99, 9)
     b = _b(t)
     alpha, sigma = np.exp(-b / 2), 1 - np.exp(-b)
@@ -38,7 +66,7 @@ def test_sub_vp_schedule_by_name_and_path(x64):
         np.testing.assert_allclose(s.t_from_logsnr(s.logsnr(t)), t, atol=1e-9)
 
 
-def test_p2_weighting_and_beta_time_distribution(x64):
+def test_p2_weighting_and_beta_time_distribution(my_lab, x64):
     obj = objectives.resolve_objective(
         dict(
             schedule="sub_vp",
@@ -60,7 +88,7 @@ def test_p2_weighting_and_beta_time_distribution(x64):
     assert stats.kstest(ts, stats.beta(2, 3).cdf).pvalue > 1e-3
 
 
-def test_sorted_coupling_is_exact_ot_in_one_dimension():
+def test_sorted_coupling_is_exact_ot_in_one_dimension(my_lab):
     rng = np.random.default_rng(0)
     x, noise = rng.normal(2.0, 0.5, (64, 1)), rng.normal(size=(64, 1))
     c = couplings.make_coupling("sorted", {"axis": 0})
@@ -71,12 +99,14 @@ def test_sorted_coupling_is_exact_ot_in_one_dimension():
     np.testing.assert_allclose(np.sort(paired[:, 0]), np.sort(noise[:, 0]), rtol=1e-6)
 
 
-def test_network_by_name_and_errors():
+def test_network_grid_by_name_and_errors(my_lab):
     from flax import nnx
 
     full = complete_config(ml_collections.ConfigDict({"name": "tiny_net"}))
     assert full.width == 32 and full.dim == 2
 
+    g = np.asarray(registry.make_grid("chebyshev", 4, schedules.get_schedule("sub_vp"), t_min=0.1, t_max=0.9))
+    np.testing.assert_allclose(g, 0.5 + 0.4 * np.cos(np.pi * np.arange(5) / 4), rtol=1e-6)  # float32
     net = build_model(full, rngs=nnx.Rngs(0))
     assert net(jnp.ones((3, 2)), jnp.ones(3)).shape == (3, 2)
     path = complete_config(ml_collections.ConfigDict({"name": "tests.extensions.my_lab:TinyNet"}))
@@ -126,7 +156,7 @@ def test_run_of_own_parts_trains_resumes_samples_and_evaluates(tmp_path):
         "--config.denoiser.source=checkpoint",
         "--config.seeds=0-7",
         "--config.grid.num_steps=4",
-        "--config.grid.name=uniform",
+        "--config.grid.name=chebyshev",
         "--config.sampler.name=heun",
         f"--config.output_dir={out}",
     )

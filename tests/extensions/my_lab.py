@@ -12,11 +12,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from diffusion_jax import couplings, schedules, time_distributions, weightings
 from diffusion_jax.models import layers as L
 from diffusion_jax.models import register_network
+from diffusion_jax.samplers.grids import register_grid
 
 
 # --- a schedule: sub-VP (Song et al. 2021, "Score-Based Generative Modeling through SDEs", eq. 29) --
@@ -105,8 +107,17 @@ class TinyNet(nnx.Module):
         return self.l2(jnp.tanh(self.l1(h)))
 
 
+# --- a time grid: Chebyshev-Lobatto points, denser at both ends ------------------------------------
+def chebyshev_grid(num_steps, schedule, t_min, t_max):
+    """t_i = t_min + (t_max - t_min) (1 + cos(pi i / N)) / 2, i = 0..N: descending from t_max to t_min,
+    clustered at both endpoints (the Chebyshev-Lobatto nodes mapped to [t_min, t_max])."""
+    u = np.cos(np.pi * np.arange(num_steps + 1) / num_steps)
+    return t_min + (t_max - t_min) * (1.0 + u) / 2.0
+
+
 schedules.register_schedule("sub_vp", SubVP)
 weightings.register_weighting("p2", P2)
 time_distributions.register_time_distribution("beta", BETA)
 couplings.register_coupling("sorted", SortedCoupling)
 register_network("tiny_net", TinyNet, TinyNet.DEFAULTS)
+register_grid("chebyshev", chebyshev_grid)
