@@ -131,3 +131,48 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     assert not _allowed("models", "training") and not _allowed("data", "models")
     assert not _allowed("schedules", "samplers") and _allowed("training", "models")
     assert _allowed("models", "conditioning") and not _allowed("models", "predictions")
+    script = tmp_path / "exp.py"
+    script.write_text(
+        "from diffusion_jax.training import periodic\nfrom diffusion_jax.samplers.base import _concrete\n"
+        "def f():\n    return periodic._sampler_and_grid(1)\n"
+    )
+    uses = sorted(name for _, name in _private_uses(script))
+    assert uses == ["diffusion_jax.samplers.base._concrete", "periodic._sampler_and_grid"]
+
+
+OUTSIDE = sorted(
+    p for d in ("experiments", "benchmarks") for p in (PKG.parent / d).rglob("*.py") if p.is_file()
+)
+
+
+def _private_uses(path: pathlib.Path):
+    """(line, name) for every private name (leading '_') taken from diffusion_jax: imported by
+    `from diffusion_jax... import _x`, or read as `mod._x` off a name bound to a diffusion_jax import."""
+    tree = ast.parse(path.read_text(), str(path))
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "diffusion_jax":
+            for a in node.names:
+                if a.name.startswith("_"):
+                    yield node.lineno, f"{node.module}.{a.name}"
+                bound.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "diffusion_jax":
+                    bound.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+        ):
+            yield node.lineno, f"{node.value.id}.{node.attr}"
+
+
+@pytest.mark.parametrize("path", OUTSIDE, ids=lambda p: str(p.relative_to(PKG.parent)))
+def test_experiments_and_benchmarks_use_only_public_names(path):
+    """Scripts on top of the package use its public API (a private helper they need is made public)."""
+    bad = [f"{path.relative_to(PKG.parent)}:{line} uses {name}" for line, name in _private_uses(path)]
+    assert not bad, "\n".join(bad)
