@@ -198,3 +198,21 @@ def test_cli(diffusers_folder, tmp_path):
     r = subprocess.run([sys.executable, "-m", "diffusion_jax.convert", "dit", str(tmp_path / "nope"), "--out", out],
                        cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_cli_official_pt_and_export(tmp_path, capsys):
+    """The README's commands: convert an official .pt, export back to an official .pt (in-process main)."""
+    from diffusion_jax.convert.__main__ import main
+
+    torch.manual_seed(0)
+    ref_model = OfficialDiT(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10)
+    pt = str(tmp_path / "DiT-tiny.pt")
+    torch.save(ref_model.state_dict(), pt)
+    out = str(tmp_path / "dit.safetensors")
+    assert main(["dit", pt, "--out", out, "--num_heads", "4"]) == 0
+    assert main(["export", out, "--layout", "official", "--out", str(tmp_path / "dit.pt")]) == 0
+    got = torch.load(str(tmp_path / "dit.pt"))
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, got[k]), k
+    assert main(["dit", pt, "--out", str(tmp_path / "x.safetensors")]) == 2  # width 64: heads unknown
+    assert "pass num_heads" in capsys.readouterr().err

@@ -66,7 +66,14 @@ def test_encode_decode_parity(converted):
 
 
 def test_export_roundtrip(converted, tmp_path):
+    from diffusion_jax.convert.__main__ import main
+
     _, ref, _, _, out = converted
+    src = str(tmp_path / "src")
+    ref.save_pretrained(src)
+    again_out = str(tmp_path / "again.safetensors")
+    assert main(["vae", src, "--out", again_out]) == 0  # the README's command
+    assert common.read_converted(again_out).params.keys() == common.read_converted(out).params.keys()
     convert.export(out, str(tmp_path / "back"))
     again = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "back"))
     want, got = state_numpy(ref), state_numpy(again)
