@@ -10,7 +10,7 @@ Kingma & Gao (sec. 2-3) write every diffusion / flow-matching loss as
 
 so a loss is fixed by w(lambda) alone; the time distribution p(t) only changes the variance (Monte
 Carlo importance sampling), *unless* the weighting is defined relative to p (the "plain MSE" losses
-below, whose implied w contains p(lambda) = p(t) / |d lambda/dt|).
+of `weightings`, whose implied w contains p(lambda) = p(t) / |d lambda/dt|).
 
 **The returned scalar.** `loss_fn` returns the batch mean of
 
@@ -25,7 +25,7 @@ This avoids dividing by sigma (or alpha) at the endpoints. Consequently the "pla
 return exactly the familiar numbers: `fm` + velocity output is mean ||u_hat - u||^2, `eps_mse` + eps
 output is mean ||eps_hat - eps||^2, `edm` + EDM preconditioning is EDM's eq. 8 loss.
 
-The parts live in their own modules: `weightings` (w(lambda) and the multiplier W below, with the
+The parts live in their own modules: `weightings` (w(lambda) and the multiplier W above, with the
 table of weightings), `time_distributions` (p(t)) and `couplings` (how data and source rows are
 paired). This module holds the objective's config schema and validation, the loss, and named presets.
 
