@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffusion_jax.models.conditioning import COND_KEYS, TextConditioned
+from diffusion_jax.conditioning import COND_KEYS
+from diffusion_jax.models.conditioning import TextConditioned
 
 TEXT_KEYS = ("tokens", "tokens_mask")  # only models built with `model.text_encoder` accept these
 
