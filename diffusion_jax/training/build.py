@@ -34,14 +34,16 @@ class Network:
     net_fn: Callable
 
 
-def build_network(cfg, *, compute_dtype: str | None = None) -> Network:
-    """Instantiate `cfg.model` with seed `cfg.seed` and split it (models.functional).
+def network_initializer(cfg, mesh=None, rules=None):
+    """(graphdef, init) for `cfg.model`: `init()` -> (params, rest), one jitted program.
 
-    Args:
-      compute_dtype: wrap net_fn for mixed precision (None -> `cfg.training.compute_dtype`).
+    With `mesh` (and `rules`, default data parallel), the program's out_shardings are the rules'
+    shardings of the parameters (`sharding.state_shardings`; the fixed buffers `rest` replicated):
+    each device generates only its own shards (threefry random bits are partitionable), so no
+    parameter is ever materialised whole on one device ("born sharded").
     """
     from diffusion_jax.models import build_model
-    from diffusion_jax.models.functional import make_net_fn, split
+    from diffusion_jax.models.functional import split
 
     seed = int(cfg.seed)
 
@@ -51,8 +53,31 @@ def build_network(cfg, *, compute_dtype: str | None = None) -> Network:
 
     # Initialise under one jit: eager NNX construction compiles every initializer op separately
     # (tens of seconds for a U-Net on CPU); the graph definition comes from an abstract build.
-    graphdef, _, _ = split(nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(seed))))
-    params, rest = jax.jit(init, compiler_options=FAST_COMPILE)()
+    graphdef, aparams, arest = split(nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(seed))))
+    out_shardings = None
+    if mesh is not None:
+        from diffusion_jax.training.sharding import make_rules, state_shardings
+
+        rules = rules or make_rules(mesh, "dp")
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        out_shardings = (
+            expand_shardings(state_shardings(aparams, mesh, rules), aparams),
+            jax.tree.map(lambda _: replicated, arest),
+        )
+    return graphdef, jax.jit(init, out_shardings=out_shardings, compiler_options=FAST_COMPILE)
+
+
+def build_network(cfg, *, compute_dtype: str | None = None, mesh=None, rules=None) -> Network:
+    """Instantiate `cfg.model` with seed `cfg.seed` and split it (models.functional).
+
+    Args:
+      compute_dtype: wrap net_fn for mixed precision (None -> `cfg.training.compute_dtype`).
+      mesh, rules: create the parameters sharded on `mesh` (`network_initializer`); None: one device.
+    """
+    from diffusion_jax.models.functional import make_net_fn
+
+    graphdef, init = network_initializer(cfg, mesh, rules)
+    params, rest = init()
     net_fn = make_net_fn(graphdef, rest)
     dtype = cfg.training.compute_dtype if compute_dtype is None else compute_dtype
     return Network(graphdef, params, rest, with_compute_dtype(net_fn, dtype))
@@ -74,14 +99,45 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(int(seed)), 0x7A11)
 
 
-def build_state(cfg, params) -> tuple[TrainState, optax.GradientTransformation]:
-    """A fresh TrainState (host arrays) and its optimizer."""
+def build_state(cfg, params, *, mesh=None, rules=None) -> tuple[TrainState, optax.GradientTransformation]:
+    """A fresh TrainState and its optimizer; with `mesh`, created with the rules' shardings
+    (`train_state_shardings`) by the initialising program itself (born sharded)."""
     tx = make_optimizer(cfg.training)
     key = jax.random.key_data(init_key(cfg.seed))
-    state = jax.jit(lambda p, k: init_train_state(p, tx, cfg.training, k), compiler_options=FAST_COMPILE)(
-        params, key
-    )
+
+    def init(p, k):
+        return init_train_state(p, tx, cfg.training, k)
+
+    out_shardings = None
+    if mesh is not None:
+        out_shardings = train_state_shardings(jax.eval_shape(init, params, key), mesh, rules)
+    state = jax.jit(init, out_shardings=out_shardings, compiler_options=FAST_COMPILE)(params, key)
     return state, tx
+
+
+def train_state_shardings(state, mesh, rules=None):
+    """Leaf-level `NamedSharding` pytree for a TrainState (arrays or `jax.ShapeDtypeStruct`s)."""
+    from diffusion_jax.training.sharding import make_rules, state_shardings
+
+    rules = rules or make_rules(mesh, "dp")
+    return expand_shardings(state_shardings(state, mesh, rules), state)
+
+
+def abstract_train_state(cfg, mesh=None, rules=None):
+    """The TrainState of `cfg` as `jax.ShapeDtypeStruct`s (with the rules' shardings on `mesh`, or on
+    the first local device), from `jax.eval_shape`: nothing is allocated. The restore target that
+    puts a checkpoint saved on any mesh onto this one (Orbax reads each device's slices)."""
+    _, init = network_initializer(cfg)
+    params, _ = jax.eval_shape(init)
+    tx = make_optimizer(cfg.training)
+    key = jax.ShapeDtypeStruct((2,), np.uint32)
+    state = jax.eval_shape(lambda p, k: init_train_state(p, tx, cfg.training, k), params, key)
+    if mesh is None:
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: dev, state)
+    else:
+        shardings = train_state_shardings(state, mesh, rules)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
 def to_model_batch(batch: dict, conditional: bool = True, text=None, step: int = 0) -> dict:
@@ -134,13 +190,16 @@ def as_numpy(tree):
 
 __all__ = [
     "Network",
+    "abstract_train_state",
     "as_numpy",
     "build_loss",
     "build_network",
     "build_state",
     "data_shape",
     "init_key",
+    "network_initializer",
     "to_model_batch",
+    "train_state_shardings",
 ]
 
 

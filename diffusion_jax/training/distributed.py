@@ -89,13 +89,16 @@ def global_batch(local_batch: dict, sharding) -> dict:
 
 
 def global_from_host(tree, shardings):
-    """Put a host pytree that is identical on every process onto global `shardings`.
+    """Put a host pytree that is identical on every process onto global `shardings` (arrays that
+    already have their target sharding are kept as they are).
 
     Each device takes its slice of the host array (`make_array_from_callback`), which works across
     processes where a plain `device_put` of a process-local array would not.
     """
 
     def put(x, s):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
+            return x  # already global with this sharding (e.g. a state initialised on the mesh)
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
 

@@ -70,16 +70,19 @@ class Runtime:
 
 
 def build_runtime(cfg, devices=None) -> Runtime:
-    """Mesh, network, loss, optimizer, fresh host state, shardings and the jitted step for `cfg`.
+    """Mesh, network, loss, optimizer, fresh state, shardings and the jitted step for `cfg`.
+
+    The fresh state (`host_state`, kept under its old name) is created on the mesh with its
+    shardings by the initialising programs (born sharded; `build.network_initializer`).
 
     devices: the devices of the mesh (default: all, `jax.devices()`); the mesh sizes in `cfg.mesh`
     must multiply to their number (one size may be -1).
     """
     mesh = sharding.make_mesh(cfg.mesh, devices=devices)
     rules = sharding.rules_from_config(cfg, mesh, fsdp_min_size=int(cfg.training.get("fsdp_min_size", 2**18)))
-    net = build_network(cfg)
+    net = build_network(cfg, mesh=mesh, rules=rules)  # born sharded: created on the mesh
     loss_fn, denoiser = build_loss(cfg, net.net_fn)
-    host_state, tx = build_state(cfg, net.params)
+    host_state, tx = build_state(cfg, net.params, mesh=mesh, rules=rules)
     state_sh = expand_shardings(sharding.state_shardings(host_state, mesh, rules), host_state)
     if rules.fsdp_axes:  # ZeRO-3: gather weights in the network call, reduce-scatter their gradients
         loss_fn, _ = build_loss(cfg, fsdp_net_fn(net.net_fn, state_sh.params, mesh, rules))
