@@ -143,3 +143,24 @@ def test_bad_input(x64):
         L.log_likelihood(den, x, t_min=0.5, t_max=0.2)
     with pytest.raises(ValueError, match="probe"):
         L.draw_probes(jax.random.key(0), (2,), "uniform", jnp.float64)
+
+
+@pytest.mark.parametrize("dtype,tol,atol_ref", [("float64", 1e-8, 1e-6), ("float32", 1e-5, 2e-3)])
+def test_batch_step_control_matches_closed_form(dtype, tol, atol_ref):
+    """step_control='batch' (one shared grid, max-over-samples error norm) against the exact mixture
+    log-density, in float64 and float32; it takes at least as many steps as the hardest sample."""
+    with jax.enable_x64(dtype == "float64"):
+        dt = jnp.dtype(dtype)
+        dist = analytic.random_gmm(jax.random.key(0), 8, 2, dtype=dt)
+        sch = S.VPLinear()
+        den = dist.denoiser(sch, "eps")
+        x = dist.sample(jax.random.key(1), 32)
+        kw = dict(rtol=tol, atol=tol, prior_logp=exact_prior(dist, sch))
+        batch = jax.jit(lambda x: L.log_likelihood(den, x, step_control="batch", **kw))(x)
+        per = jax.jit(lambda x: L.log_likelihood(den, x, **kw))(x)
+        ref = dist.marginal(sch, sch.t_min).log_prob(x)
+        assert batch.logp.dtype == dt
+        np.testing.assert_allclose(batch.logp, ref, rtol=0, atol=atol_ref)
+        assert np.all(batch.nfe == batch.nfe[0]) and batch.nfe[0] >= int(np.max(per.nfe)) - 6
+        with pytest.raises(ValueError, match="step_control"):
+            L.log_likelihood(den, x, step_control="shared")
