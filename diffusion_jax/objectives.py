@@ -36,6 +36,7 @@ reference wherever a name is accepted (`extensions`; docs/design.md shows one of
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 
 import jax
@@ -56,6 +57,7 @@ from diffusion_jax.couplings import (  # noqa: F401  (re-exported: their home is
     sinkhorn_pairing,
     sinkhorn_plan,
 )
+from diffusion_jax.interpolants import PATH_NOISES, Interpolant
 from diffusion_jax.schedules import Schedule, get_schedule
 from diffusion_jax.time_distributions import TIME_DISTRIBUTIONS, TimeDistribution  # noqa: F401
 from diffusion_jax.weightings import WEIGHTINGS, Weighting  # noqa: F401
@@ -80,6 +82,16 @@ def default_objective_config() -> ml_collections.ConfigDict:
     clipped to [t_eps, 1 - t_eps]); label_dropout (CFG: each label is replaced by the null label with
     this probability, and each caption / context mask is emptied with it, independently) and
     null_label (-1 means "num_classes": pass `num_classes` to `make_loss`).
+
+    Interpolants (`diffusion_jax.interpolants`): path_noise ('none' | 'constant' | 'bridge') and
+    path_sigma (>= 0) add c(t) eps to the path, x_t = alpha x1 + sigma_t x0 + c(t) eps (CFM's sigma,
+    SB-CFM's / stochastic interpolants' Brownian bridge); the network then predicts the conditional
+    velocity (prediction='velocity', weighting='fm'). score_head: the network's last axis holds
+    [velocity, score] (twice the data channels); the score head regresses the conditional score
+    -eps/c with weight c(t)^2 * score_weight (SB-CFM, Tong et al. 2024b eq. 13 with lambda(t) ~ c(t)).
+
+    coupling_kwargs may keep another coupling's kwargs at *their defaults* (so switching the coupling
+    of a preset is one field); a non-default kwarg the chosen coupling does not take is an error.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -100,6 +112,10 @@ def default_objective_config() -> ml_collections.ConfigDict:
             t_eps=1e-5,
             label_dropout=0.0,
             null_label=-1,
+            path_noise="none",
+            path_sigma=0.0,
+            score_head=False,
+            score_weight=1.0,
         )
     )
 
@@ -160,6 +176,15 @@ class Objective:
     t_eps: float
     label_dropout: float
     null_label: int
+    path_noise: str = "none"
+    path_sigma: float = 0.0
+    score_head: bool = False
+    score_weight: float = 1.0
+
+    @property
+    def interpolant(self) -> Interpolant:
+        """The path x_t = alpha x1 + sigma x0 + c eps this objective trains on."""
+        return Interpolant(self.schedule, self.path_noise, self.path_sigma)
 
     @property
     def wkw(self) -> dict:
@@ -216,9 +241,19 @@ def resolve_objective(obj_cfg) -> Objective:
     tdist = _part(TD.get_time_distribution, td, "time_distribution")
     tkw = _merge_kwargs(tdist.defaults, td, g("time_kwargs"), "time_kwargs")
     coupling = g("coupling")
+    cdefaults = _part(C.coupling_defaults, coupling, "coupling")
     ckw = _merge_kwargs(
-        _part(C.coupling_defaults, coupling, "coupling"), coupling, g("coupling_kwargs"), "coupling_kwargs"
+        cdefaults, coupling, _coupling_kwargs(coupling, cdefaults, g("coupling_kwargs")), "coupling_kwargs"
     )
+    path = _resolve_path(g, prediction, weighting)
+    if coupling == "schrodinger":
+        if not (path["path_noise"] == "bridge" and path["path_sigma"] > 0.0):
+            raise ValueError(
+                "objective.coupling='schrodinger' (SB-CFM's entropic plan, reg 2 sigma^2) needs "
+                f"path_noise='bridge' and path_sigma > 0 (got {path['path_noise']!r}, {path['path_sigma']})"
+            )
+        if ckw["sigma"] is None:
+            ckw["sigma"] = path["path_sigma"]
     C.make_coupling(coupling, ckw)  # validates the fields
     t_eps = float(g("t_eps"))
     if not 0.0 <= t_eps < 0.5:
@@ -247,7 +282,52 @@ def resolve_objective(obj_cfg) -> Objective:
         t_eps=t_eps,
         label_dropout=p,
         null_label=int(g("null_label")),
+        **path,
     )
+
+
+def _coupling_kwargs(coupling: str, defaults: dict, kwargs) -> dict:
+    """coupling_kwargs without other couplings' kwargs left at their defaults (switching the coupling
+    of a preset must not need a new file); anything else unknown is left for `_merge_kwargs` to name."""
+    kwargs = dict(kwargs or {})
+    others = {}
+    for name in C.COUPLINGS:
+        if name != coupling:
+            for k, v in C.coupling_defaults(name).items():
+                others.setdefault(k, set()).add(repr(v))
+    return {k: v for k, v in kwargs.items() if k in defaults or repr(v) not in others.get(k, ())}
+
+
+def _resolve_path(g, prediction: str, weighting: str) -> dict:
+    """Validate the interpolant fields (path_noise, path_sigma, score_head, score_weight)."""
+    noise = _choice(g("path_noise"), PATH_NOISES, "path_noise")
+    try:
+        sigma = float(g("path_sigma"))
+    except (TypeError, ValueError):
+        raise ValueError(f"objective.path_sigma must be a number >= 0, got {g('path_sigma')!r}") from None
+    if not (math.isfinite(sigma) and sigma >= 0.0):
+        raise ValueError(f"objective.path_sigma must be a finite number >= 0, got {sigma}")
+    if noise == "none" and sigma != 0.0:
+        raise ValueError(
+            f"objective.path_sigma={sigma} needs objective.path_noise='constant' or 'bridge' (got 'none')"
+        )
+    stochastic = noise != "none" and sigma > 0.0
+    if stochastic and (prediction != "velocity" or weighting != "fm"):
+        raise ValueError(
+            f"objective.path_noise={noise!r}: the target is the conditional velocity; set "
+            f"prediction='velocity' and weighting='fm' (got {prediction!r}, {weighting!r})"
+        )
+    head = g("score_head")
+    if not isinstance(head, (bool, np.bool_)):
+        raise ValueError(f"objective.score_head must be True or False, got {head!r}")
+    if head and not stochastic:
+        raise ValueError(
+            "objective.score_head needs path noise: path_noise='constant'|'bridge', path_sigma > 0"
+        )
+    sw = float(g("score_weight"))
+    if not (math.isfinite(sw) and sw >= 0.0):
+        raise ValueError(f"objective.score_weight must be a finite number >= 0, got {sw}")
+    return dict(path_noise=noise, path_sigma=sigma, score_head=bool(head), score_weight=sw)
 
 
 def validate_objective_config(obj_cfg) -> None:
@@ -299,10 +379,25 @@ def kingma_gao_weight(obj: Objective, t: Array) -> Array:
 # -------------------------------------------------------------------------------------------------
 
 
-def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None) -> P.Denoiser:
+def velocity_head(net_fn: P.NetFn) -> P.NetFn:
+    """The velocity half of a two-head network whose last axis is [velocity, score] (score_head)."""
+
+    def head(params, z, t_in, cond, rng):
+        return net_fn(params, z, t_in, cond, rng)[..., : z.shape[-1]]
+
+    return head
+
+
+def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None, head: str = "velocity") -> P.Denoiser:
     """The `predictions.Denoiser` (schedule, output kind, preconditioning) the objective trains, so
-    that sampling uses the identical preconditioning. `obj_cfg` is a ConfigDict or an `Objective`."""
+    that sampling uses the identical preconditioning. `obj_cfg` is a ConfigDict or an `Objective`.
+    With `score_head` the network has two heads: `head='velocity'` (what every ODE sampler uses) or
+    'both' (the raw [velocity, score] output on the last axis, for the interpolant SDE sampler)."""
     obj = obj_cfg if isinstance(obj_cfg, Objective) else resolve_objective(obj_cfg)
+    if head not in ("velocity", "both"):
+        raise ValueError(f"head={head!r} unknown; valid: ['both', 'velocity']")
+    if obj.score_head and head == "velocity":
+        net_fn = velocity_head(net_fn)
     return P.make_denoiser(
         net_fn,
         obj.schedule,
@@ -342,7 +437,9 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
         # num_classes=0: no class labels, the dropout applies to captions / context only.
         null = int(num_classes) or None
     denoiser = make_denoiser_from_config(obj, net_fn)
+    train_den = make_denoiser_from_config(obj, net_fn, head="both")
     sch = obj.schedule
+    interp = obj.interpolant
     coupling = C.make_coupling(obj.coupling, obj.ckw)
 
     def loss_fn(params, batch, key):
@@ -368,23 +465,33 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
             eps = jax.random.normal(k_eps, x.shape, x.dtype)
         eps = coupling.pair(k_pair, x, eps)
         t = sample_time(obj, k_t, b, x.dtype)
-        a, s = P.bcast(sch.alpha(t), x), P.bcast(sch.sigma(t), x)
-        z = a * x + s * eps
+        # The source draw (eps) is the interpolant's x0; the path's own noise is a separate draw.
+        path_eps = (
+            jax.random.normal(jax.random.fold_in(k_eps, 1), x.shape, x.dtype) if interp.stochastic else None
+        )
+        z = interp.interpolate(x, eps, path_eps, t)
         cond = cond_from_batch(batch, k_drop, obj.label_dropout, null)
-        out = denoiser.replace(params=params, cond=cond).raw(z, t, k_net)
-        tgt = P.target(obj.prediction, x, eps, t, sch)
+        out = train_den.replace(params=params, cond=cond).raw(z, t, k_net)
+        if obj.score_head:
+            out, s_hat = out[..., : x.shape[-1]], out[..., x.shape[-1] :]
+        if interp.stochastic:
+            tgt = interp.velocity(x, eps, path_eps, t)
+        else:
+            tgt = P.target(obj.prediction, x, eps, t, sch)
         axes = tuple(range(1, x.ndim))
         mse = jnp.mean((out - tgt) ** 2, axis=axes)
         w = jax.lax.stop_gradient(loss_weight(obj, t))
         loss = jnp.mean(w * mse)
-        eps_hat = P.to_x0_eps(out, obj.prediction, z, t, sch)[1]
-        metrics = {
-            "loss": loss,
-            "mse": jnp.mean(mse),
-            "eps_mse": jnp.mean((jax.lax.stop_gradient(eps_hat) - eps) ** 2),
-            "weight_mean": jnp.mean(w),
-            "t_mean": jnp.mean(t),
-        }
+        metrics = {"mse": jnp.mean(mse), "weight_mean": jnp.mean(w), "t_mean": jnp.mean(t)}
+        if not interp.stochastic:
+            eps_hat = P.to_x0_eps(out, obj.prediction, z, t, sch)[1]
+            metrics["eps_mse"] = jnp.mean((jax.lax.stop_gradient(eps_hat) - eps) ** 2)
+        if obj.score_head:
+            # c^2 ||s_hat - (-path_eps / c)||^2 = ||c s_hat + path_eps||^2: finite at every t.
+            score_mse = jnp.mean((P.bcast(interp.c(t), x) * s_hat + path_eps) ** 2, axis=axes)
+            metrics["score_mse"] = jnp.mean(score_mse)
+            loss = loss + obj.score_weight * jnp.mean(score_mse)
+        metrics["loss"] = loss
         return loss, metrics
 
     return loss_fn, denoiser
@@ -434,8 +541,9 @@ OBJECTIVE_PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
         time_distribution="logit_normal",
         time_kwargs={"m": 0.0, "s": 1.0},
     ),
-    # OT-CFM (Tong et al. 2024): rectified flow with minibatch OT pairs (in-graph Sinkhorn; use
-    # coupling='ot_exact' with `pair_batch_exact_ot` in the pipeline for the exact plan).
+    # OT-CFM (Tong et al. 2024, eq. 18): rectified flow with minibatch OT pairs (in-graph Sinkhorn; use
+    # coupling='ot_exact' for the exact plan, paired in the input pipeline). The CFM path noise is a
+    # field: path_sigma=0.1 is the paper's toy setting (0 here: the deterministic path).
     "ot_cfm": lambda: _preset(
         schedule="rectified_flow",
         prediction="velocity",
@@ -443,6 +551,47 @@ OBJECTIVE_PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
         time_distribution="uniform",
         coupling="ot_sinkhorn",
         coupling_kwargs={"epsilon": 0.05},
+        path_noise="constant",
+    ),
+    # I-CFM (Tong et al. 2024, eq. 14): independent pairs, x_t' = t' x1 + (1 - t') x0 + sigma eps, sigma 0.1.
+    "i_cfm": lambda: _preset(
+        schedule="rectified_flow",
+        prediction="velocity",
+        weighting="fm",
+        path_noise="constant",
+        path_sigma=0.1,
+    ),
+    # SB-CFM (Tong et al. 2024b, Alg. 3): entropic OT pairs (reg 2 sigma^2), Brownian bridge
+    # c = sigma sqrt(t (1 - t)), velocity and score heads (SDE sampling with diffusion sigma^2 / 2).
+    "sb_cfm": lambda: _preset(
+        schedule="rectified_flow",
+        prediction="velocity",
+        weighting="fm",
+        coupling="schrodinger",
+        path_noise="bridge",
+        path_sigma=0.5,
+        score_head=True,
+    ),
+    # Stochastic interpolants (Albergo & Vanden-Eijnden 2023, eq. 2.1 / 4.1): linear I(t) with
+    # gamma(t) = sqrt(t (1 - t)) (bridge, sigma 1), velocity and score heads: the diffusion
+    # coefficient is chosen at sampling time.
+    "si_linear": lambda: _preset(
+        schedule="rectified_flow",
+        prediction="velocity",
+        weighting="fm",
+        path_noise="bridge",
+        path_sigma=1.0,
+        score_head=True,
+    ),
+    # The trigonometric / variance-preserving interpolant (Albergo & Vanden-Eijnden 2023, eq. 4.3):
+    # alpha = cos(pi t / 2), sigma = sin(pi t / 2), velocity target.
+    "vp_interpolant": lambda: _preset(
+        schedule="vp_cosine", schedule_kwargs={"s": 0.0}, prediction="velocity", weighting="fm"
+    ),
+    # Reflow (Liu et al. 2023, sec. 2.3): rectified flow on (noise, sample) pairs of a previous model,
+    # supplied as batch['noise'].
+    "reflow": lambda: _preset(
+        schedule="rectified_flow", prediction="velocity", weighting="fm", coupling="reflow"
     ),
 }
 
@@ -466,6 +615,7 @@ __all__ = [
     "loss_weight",
     "make_denoiser_from_config",
     "make_loss",
+    "velocity_head",
     "objective_preset",
     "pair_batch_exact_ot",
     "pair_from_plan",
