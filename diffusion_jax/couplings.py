@@ -51,6 +51,8 @@ class Coupling:
 
     needs_noise: ClassVar[bool] = False
     host_side: ClassVar[bool] = False
+    # Pairs by the squared Euclidean cost between x1 and x0: the source must draw data-shaped samples.
+    needs_cost: ClassVar[bool] = False
 
     def __post_init__(self):
         self.validate()
@@ -114,6 +116,8 @@ def sinkhorn_pairing(
 @dataclasses.dataclass(frozen=True)
 class SinkhornOT(Coupling):
     """Minibatch entropic OT in-graph (ott-jax Sinkhorn); see the module docstring."""
+
+    needs_cost: ClassVar[bool] = True
 
     epsilon: float = 0.05
     pairing: str = "sample"
@@ -181,6 +185,7 @@ class ExactOT(Coupling):
 
     needs_noise: ClassVar[bool] = True
     host_side: ClassVar[bool] = True
+    needs_cost: ClassVar[bool] = True
 
     def pair_host(self, batch, rng):
         return pair_batch_exact_ot(batch, rng)
@@ -197,6 +202,8 @@ class Reflow(Coupling):
 class SchrodingerOT(Coupling):
     """SB-CFM's entropic plan, absolute reg 2 sigma^2 (module docstring). sigma None: the objective
     fills in its path_sigma (`objectives.resolve_objective`)."""
+
+    needs_cost: ClassVar[bool] = True
 
     sigma: float | None = None
     pairing: str = "sample"

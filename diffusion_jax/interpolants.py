@@ -198,12 +198,31 @@ class Source:
         self._check_event(shape[1:])
         return self.sample_fn(key, tuple(shape), dtype)
 
-    def draw(self, key: Array, event_shape: tuple, dtype=jnp.float32) -> Array:
+    def draw(self, key: Array, event_shape: tuple, schedule=None, t0=None, dtype=jnp.float32) -> Array:
         """One draw [*event_shape] from one (per-sample) key: seed i's source point depends only on
-        its key, never on the batch it is drawn in. vmap it over the per-sample keys. The Gaussian
-        source's draw is `jax.random.normal(key, event_shape)`, the Gaussian paths' noise draw."""
+        its key, never on the batch it is drawn in (vmap it over the per-sample keys).
+
+        The signature is the sampling engine's source hook (`samplers.seeds.initial_state`): the
+        state at grid time t0 under `schedule`. The Gaussian source gives sigma(t0) * N(0, I) (the
+        engine's default draw, bit for bit; plain N(0, I) without a schedule); any other source sits
+        at t = 1 only, so a concrete t0 != 1 raises ValueError.
+        """
+        event_shape = tuple(event_shape)
         if self.gaussian:
-            return self.sample_fn(key, tuple(event_shape), dtype)
+            eps = self.sample_fn(key, event_shape, dtype)
+            if schedule is None:
+                return eps
+            return schedule.sigma(jnp.asarray(t0, dtype)).astype(dtype) * eps
+        if t0 is not None:
+            try:
+                t0c = float(t0)
+            except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+                t0c = None
+            if t0c is not None and t0c != 1.0:
+                raise ValueError(
+                    f"source {self.name!r} is the distribution at t = 1; sampling must start there "
+                    f"(grid t_max = 1), got t0 = {t0c}"
+                )
         return self.sample(key, (1, *event_shape), dtype)[0]
 
     def log_prob(self, x: Array) -> Array:

@@ -125,6 +125,7 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     prior_logp: Callable[[Array], Array] | None = None,
+    source=None,
     max_steps: int = 4096,
     dt0: float | None = None,
     step_control: str = "per_sample",
@@ -140,6 +141,9 @@ def log_likelihood(
       key: PRNG key, required for Hutchinson (probes [B, num_probes, ...] from this key).
       solver: "tsit5" or "dopri5"; rtol, atol: PID step-size tolerances; max_steps: step cap.
       prior_logp: log-density of z(t_max), z [B, ...] -> [B]; default log N(0, sigma(t_max)^2 I).
+      source: an `interpolants.Source` (the run's distribution at t = 1): its log-density is the
+        prior (t_max should then be 1, where the path is the source). A source without a density is
+        refused (ValueError) before compiling. Exclusive with prior_logp.
       dt0: initial step (default (t_max - t_min) / 64); adaptive afterwards.
       step_control: "per_sample" (independent solves) or "batch" (one shared step size, error norm
         = max over samples of the per-sample RMS; see the module docstring).
@@ -147,6 +151,15 @@ def log_likelihood(
     Raises ValueError for bad names / intervals / missing key, before compiling.
     """
     sch = denoiser.schedule
+    if source is not None:
+        if prior_logp is not None:
+            raise ValueError("log_likelihood: pass either source or prior_logp, not both")
+        if not getattr(source, "has_density", False):
+            raise ValueError(
+                f"log_likelihood: source {getattr(source, 'name', source)!r} has no log-density; the "
+                "likelihood needs one (gaussian, an analytic distribution, or sampler_source(..., log_prob=...))"
+            )
+        prior_logp = source.log_prob
     if divergence_method not in DIVERGENCES:
         raise ValueError(
             f"log_likelihood: unknown divergence_method {divergence_method!r}; valid: {list(DIVERGENCES)}"

@@ -57,7 +57,8 @@ from diffusion_jax.couplings import (  # noqa: F401  (re-exported: their home is
     sinkhorn_pairing,
     sinkhorn_plan,
 )
-from diffusion_jax.interpolants import PATH_NOISES, Interpolant
+from diffusion_jax.interpolants import PATH_NOISES, Interpolant, gaussian_source
+from diffusion_jax.interpolants import check_source as check_interp_source
 from diffusion_jax.schedules import Schedule, get_schedule
 from diffusion_jax.time_distributions import TIME_DISTRIBUTIONS, TimeDistribution  # noqa: F401
 from diffusion_jax.weightings import WEIGHTINGS, Weighting  # noqa: F401
@@ -410,7 +411,22 @@ def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None, head: str =
     )
 
 
-def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
+def check_source(obj_cfg, source, data_shape: tuple | None = None) -> None:
+    """Raise ValueError (before compiling) if `source` (an `interpolants.Source`) cannot serve this
+    objective: no sampler, or a coupling that pairs by the squared Euclidean cost (ot_sinkhorn,
+    ot_exact, schrodinger) with a source whose samples do not have the data's shape [data_shape]."""
+    obj = obj_cfg if isinstance(obj_cfg, Objective) else resolve_objective(obj_cfg)
+    check_interp_source(source)
+    cls = C.coupling_class(obj.coupling)
+    ev = getattr(source, "event_shape", None)
+    if cls.needs_cost and data_shape is not None and ev is not None and tuple(ev) != tuple(data_shape):
+        raise ValueError(
+            f"objective.coupling={obj.coupling!r} pairs by the squared distance between data and source "
+            f"samples, but source {source.name!r} draws shape {tuple(ev)} and the data has {tuple(data_shape)}"
+        )
+
+
+def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None, source=None):
     """Build `loss_fn(params, batch, key) -> (scalar, metrics)` and the matching `Denoiser`.
 
     Args:
@@ -419,6 +435,9 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
       num_classes: resolves null_label=-1 (the null label is then `num_classes`); needed only when
         label_dropout > 0 and null_label == -1. 0: no class labels (text-conditioned models), so the
         dropout only empties caption / context masks.
+      source: the t = 1 distribution (`interpolants.Source`) drawn in-graph when the batch has no
+        'noise'; default the standard normal (`gaussian_source()`, whose draw is the historical
+        `jax.random.normal(key, x.shape)`, so Gaussian-path losses are unchanged bit for bit).
     Batch: dict with 'x' [B, ...] (data), optional 'label' [B] int, 'context' [B, L, E],
       'context_mask' [B, L], 'noise' [B, ...] (the t=1 endpoint paired with x; required by the
       'ot_exact' and 'reflow' couplings).
@@ -436,6 +455,8 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
             )
         # num_classes=0: no class labels, the dropout applies to captions / context only.
         null = int(num_classes) or None
+    source = gaussian_source() if source is None else source
+    check_source(obj, source)
     denoiser = make_denoiser_from_config(obj, net_fn)
     train_den = make_denoiser_from_config(obj, net_fn, head="both")
     sch = obj.schedule
@@ -462,7 +483,8 @@ def make_loss(obj_cfg, net_fn: P.NetFn, *, num_classes: int | None = None):
                 "(a host-side coupling such as ot_exact pairs it in the input pipeline: `Coupling.pair_host`)"
             )
         else:
-            eps = jax.random.normal(k_eps, x.shape, x.dtype)
+            check_source(obj, source, x.shape[1:])
+            eps = source.sample(k_eps, x.shape, x.dtype)
         eps = coupling.pair(k_pair, x, eps)
         t = sample_time(obj, k_t, b, x.dtype)
         # The source draw (eps) is the interpolant's x0; the path's own noise is a separate draw.
@@ -614,6 +636,7 @@ __all__ = [
     "kingma_gao_weight",
     "loss_weight",
     "make_denoiser_from_config",
+    "check_source",
     "make_loss",
     "velocity_head",
     "objective_preset",

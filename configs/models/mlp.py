@@ -33,4 +33,5 @@ def get_config(arg=None):
             time_dim=8,
             num_classes=3,
         )
-    return ml_collections.ConfigDict(dict(name="mlp", **cfg))
+    # out_dim 0: the data dimension; 2 * dim for a two-head [velocity, score] network (score_head).
+    return ml_collections.ConfigDict(dict(name="mlp", out_dim=0, **cfg))

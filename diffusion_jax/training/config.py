@@ -102,7 +102,26 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _validate_data(cfg.data)
     _validate_objective(cfg.objective)
     _validate_batch(cfg, t)
+    _validate_source(cfg)
     return cfg
+
+
+def _validate_source(cfg):
+    """The run's source (data.pair_with) against the objective: a coupling that pairs by distance
+    needs data-shaped source samples; score_head needs an MLP emitting [velocity, score]."""
+    from diffusion_jax import objectives
+    from diffusion_jax.data.sources import source_from_config
+    from diffusion_jax.training.build import data_shape
+
+    shape = data_shape(cfg)
+    objectives.check_source(cfg.objective, source_from_config(cfg.data), shape)
+    if cfg.objective.get("score_head", False) and cfg.model.get("name") == "mlp":
+        want = 2 * int(shape[-1])
+        if int(cfg.model.get("out_dim", 0) or cfg.model.dim) != want:
+            raise ValueError(
+                f"objective.score_head=True: the network outputs [velocity, score]; set model.out_dim={want} "
+                f"(got {cfg.model.get('out_dim', 0) or cfg.model.dim})"
+            )
 
 
 def import_extensions(cfg) -> list[str]:
