@@ -21,7 +21,8 @@ every sampler and time grid. Multi-host (`--coordinator_address`, `--num_process
 `--process_id`): each process draws its own contiguous block of chunks and writes its own files.
 
 Config fields (`get_default_config`; unset = the run's value):
-  denoiser.source        '' (checkpoint if --workdir is a run, else analytic), 'checkpoint', 'analytic'
+  denoiser.source        '' (checkpoint if --workdir is a run, else analytic), 'checkpoint', 'analytic',
+                         'pretrained' (converted published weights: --config=configs/pretrained/...)
   denoiser.ema / .step   weights ('' first EMA, 'params', an EMA name) / checkpoint step (newest)
   denoiser.distribution, .distribution_kwargs, .kind   analytic: distribution and output kind
   schedule.name / .kwargs / .shift   analytic: the path (checkpoints use their own)
@@ -45,7 +46,7 @@ import sys
 import ml_collections
 from absl import app, flags
 
-SOURCES = ("", "analytic", "checkpoint")
+SOURCES = ("", "analytic", "checkpoint", "pretrained")
 GRID_PNG_MAX = 64  # samples shown in grid.png
 
 
@@ -209,6 +210,14 @@ def build_plan(cfg, workdir: str | None):
             f"config.num_devices={cfg.num_devices} must be -1 or in [1, {n_dev}] (devices available)"
         )
     src = source_of(cfg, workdir)
+    if src == "pretrained":  # converted published weights (configs/pretrained/*): no run involved
+        from diffusion_jax.convert import pretrained
+
+        if workdir and _is_run(workdir) and not cfg.output_dir:
+            raise ValueError(
+                "config.denoiser.source='pretrained' never writes into a run: give --config.output_dir"
+            )
+        return pretrained.make_plan(cfg), seed_list, cfg.output_dir or os.path.join(workdir or ".", "samples")
     if src == "analytic":
         if workdir and _is_run(workdir) and not cfg.output_dir:
             raise ValueError(
@@ -290,6 +299,8 @@ def run_sampling(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
         with sd.BackgroundWriter() as writer:
             for c in chunks:
                 conds = [plan.condition_of(s) for s in c.seeds]
+                if plan.decode is not None:  # latent models: write images
+                    c = c._replace(samples=np.asarray(plan.decode(c.samples)))
                 writer.submit(sd.save_samples, out_dir, c.seeds, c.samples, meta=plan.meta, conds=conds)
                 written += len(c.seeds)
                 if c.samples.ndim == 2 and c.samples.shape[1] == 2:

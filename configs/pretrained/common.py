@@ -13,13 +13,16 @@ def entry(path: str, published: str, convert: str) -> ml_collections.ConfigDict:
 
 
 def sampling_config(*, steps: int, labels: str = "", guidance: float = 1.0) -> ml_collections.ConfigDict:
-    """A sampling request (the fields of `diffusion_jax.sample`) for a pretrained denoiser.
+    """A sampling request (`diffusion_jax.sample`'s fields) for a pretrained denoiser.
 
     Default sampler: DDIM (Song et al. 2021) on DDIM's 'leading' timesteps, `steps` steps ending on
     clean data (grid 'leading' with steps - 1 intervals plus final_zero), as diffusers' DDIMScheduler.
+    `eval.num_samples`: how many seeds `diffusion_jax.evaluate` draws.
     """
-    cfg = ml_collections.ConfigDict()
-    cfg.denoiser = ml_collections.ConfigDict(dict(source="pretrained"))
+    from diffusion_jax import sample
+
+    cfg = sample.get_default_config()
+    cfg.denoiser.source = "pretrained"
     cfg.schedule = ml_collections.ConfigDict(dict(name="vp_discrete", kwargs=DDPM_SCHEDULE, shift=None))
     cfg.sampler = ml_collections.ConfigDict(dict(name="ddim", kwargs={}))
     cfg.grid = ml_collections.ConfigDict(
@@ -28,8 +31,7 @@ def sampling_config(*, steps: int, labels: str = "", guidance: float = 1.0) -> m
     cfg.seeds = "0-15"
     cfg.base_seed = 0
     cfg.chunk_size = 4
-    cfg.num_devices = 1
-    cfg.output_dir = ""
     cfg.dtype = "float32"
     cfg.conditioning = ml_collections.ConfigDict(dict(labels=labels, caption="", guidance_scale=guidance))
+    cfg.eval = ml_collections.ConfigDict(dict(num_samples=16))
     return cfg

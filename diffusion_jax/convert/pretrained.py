@@ -18,6 +18,7 @@ deterministic samplers (and ancestral ones with the fixed DDPM variance) use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 
@@ -123,20 +124,45 @@ def load_pretrained(cfg, *, dtype=jnp.float32) -> Pretrained:
         scale = pcfg.get("latent_scale") or vinfo.extra.get("latent_scale", 1.0)
         shift = pcfg.get("latent_shift")
         shift = vinfo.extra.get("latent_shift", 0.0) if shift is None else shift
-        decode = _Decoder(*nnx.split(vae), float(scale), float(shift))
+        vgraph, vparams = nnx.split(vae)
+        decode = functools.partial(_decode, vgraph, float(scale), float(shift), vparams)
         sha["autoencoder"] = vinfo.sha256
     return Pretrained(denoiser, shape, decode, int(mcfg.get("num_classes", 0) or 0), sha)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Decoder:
-    """z (diffusion space) -> images: vae.decode(z / scale + shift) (Rombach et al. 2022, Sec. 4.3.2)."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _decode(graphdef, scale: float, shift: float, params, z):
+    """z (diffusion space) [B, h, w, c] -> images [B, H, W, C]: vae.decode(z / scale + shift)
+    (Rombach et al. 2022, Sec. 4.3.2)."""
+    return nnx.merge(graphdef, params).decode(z / scale + shift)
 
-    graphdef: object
-    params: object = dataclasses.field(compare=False)
-    scale: float = 1.0
-    shift: float = 0.0
 
-    def __call__(self, z):
-        vae = nnx.merge(self.graphdef, self.params)
-        return vae.decode(z / self.scale + self.shift)
+def _kw(c) -> dict:
+    return dict(c.to_dict()) if hasattr(c, "to_dict") else dict(c or {})
+
+
+def make_plan(cfg):
+    """The sampling engine's `Plan` for a pretrained config (`configs/pretrained/*`), with
+    `plan.decode` set for latent models. Labels / guidance work as for a class-conditional run (null
+    label = num_classes, the learned null class of DiT). Everything is validated before compiling."""
+    import ml_collections
+
+    from diffusion_jax.training import sampling
+
+    pre = load_pretrained(cfg, dtype=jnp.dtype(cfg.dtype))
+    c = cfg.conditioning
+    spec = sampling.SamplingSpec(
+        sampler=cfg.sampler.name, sampler_kwargs=_kw(cfg.sampler.kwargs), grid=cfg.grid.name,
+        num_steps=cfg.grid.num_steps, grid_kwargs=_kw(cfg.grid.kwargs),
+        guidance_scale=float(c.guidance_scale if c.guidance_scale is not None else 1.0),
+        base_seed=int(cfg.base_seed or 0), chunk_size=int(cfg.chunk_size or 16), dtype=cfg.dtype or "float32",
+        labels=c.labels or "", caption=c.caption or "",
+    )  # fmt: skip
+    run_like = ml_collections.ConfigDict(
+        {"data": {}, "model": {"num_classes": pre.num_classes}, "objective": {"null_label": -1}}
+    )
+    weights = "pretrained:" + pre.sha256["denoiser"][:12]
+    plan = sampling.make_plan(run_like, pre.denoiser, pre.shape, spec, weights=weights)
+    plan.decode = pre.decode
+    plan.meta["pretrained"] = os.path.basename(cfg.pretrained.denoiser.path)
+    return plan

@@ -101,7 +101,8 @@ class Plan:
 
     denoiser: the (possibly guided) denoiser; sampler, grid [N+1] numpy, shape (per sample), dtype;
     cond_fn: seeds [m] -> conditioning pytree [m, ...] or None; condition_of: seed -> {"label": y}
-    / {"caption": c} / {} (what each .npz stores); meta: the settings every .npz stores.
+    / {"caption": c} / {} (what each .npz stores); meta: the settings every .npz stores; decode:
+    None, or latents -> images for latent models (pretrained DiT + VAE), applied by the writers.
     """
 
     denoiser: object
@@ -115,6 +116,7 @@ class Plan:
     condition_of: Callable[[int], dict]
     meta: dict
     source: object = None
+    decode: Callable | None = None  # latent models: samples [m, *shape] -> images [m, H, W, C]
 
     def stream(self, seeds, *, devices=None, process_index=0, process_count=1) -> Iterator:
         """`samplers.seeds.stream` with this plan's settings: yields `Chunk`s of this process's block."""
