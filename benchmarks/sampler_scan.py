@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks import _common as C
 from diffusion_jax import analytic
-from diffusion_jax.samplers.base import prior_sample
+from diffusion_jax.samplers import seeds
 from diffusion_jax.samplers.registry import get_sampler, make_grid
 from diffusion_jax.schedules import get_schedule
 from diffusion_jax.training.build import FAST_COMPILE
@@ -59,8 +59,9 @@ def _problem(batch: int, num_steps: int):
     """The denoiser (exact, analytic), initial noise [batch, 2] and grid [num_steps + 1]."""
     schedule = get_schedule("vp_linear")
     den = analytic.gmm_2d_ring(dtype=jnp.float32).denoiser(schedule, "eps")
-    z = prior_sample(jax.random.key(0), (batch, 2), schedule, dtype=jnp.float32)
     grid = make_grid("karras", num_steps, schedule)
+    keys = seeds.sample_keys(np.arange(batch), 0)  # the sampling engine's keys and initial state
+    z = seeds.initial_state(keys, None, (2,), schedule, float(grid[0]), jnp.float32)
     return den, z, grid
 
 

@@ -381,7 +381,7 @@ def run_benchmark(config, out_dir: str | None = None, *, progress: bool = True) 
 def _run(config, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from diffusion_jax.samplers.base import prior_sample
+    from diffusion_jax.samplers import seeds as seeds_lib
 
     t_wall = time.time()
     names, grid_names = resolve_names(config)  # fail on bad names before building anything
@@ -398,16 +398,14 @@ def _run(config, progress: bool) -> dict:
     n_samples = int(config.num_samples)
     n_w2 = int(config.w2_num_samples) if setup.data is not None else 0
 
-    # Fixed seeds: sample i uses key fold_in(key(seed), i) for its noise and its sampler noise, for
-    # every sampler, so all runs start from the same z and differ only by the solver. One jit for
-    # all of it (op-by-op dispatch would compile every small op separately).
+    # Fixed seeds through the sampling engine's key derivation (samplers/seeds.py): sample i's key is
+    # fold_in(key(seed), i); its initial noise comes from the engine's `initial_state` and its
+    # sampler noise from the same key, for every sampler, so all runs start from the same z and
+    # differ only by the solver. One jit for all of it.
     @functools.partial(jax.jit, static_argnums=(0,))
     def initial_state(n, seed):
-        sample_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
-        noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(sample_keys)
-        sampler_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(sample_keys)
-        z0 = jax.vmap(lambda k: prior_sample(k, setup.shape, schedule, t_max, dtype))(noise_keys)
-        return z0, sampler_keys
+        keys = seeds_lib.sample_keys(jnp.arange(n), seed)
+        return seeds_lib.initial_state(keys, None, setup.shape, schedule, t_max, dtype), keys
 
     z0, sampler_keys = initial_state(n_samples, int(config.seed))
     pool = ThreadPoolExecutor(max_workers=1)  # W2 on the host overlaps with the next compile

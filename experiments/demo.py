@@ -35,7 +35,6 @@ from diffusion_jax import analytic  # noqa: E402
 from diffusion_jax import objectives as O
 from diffusion_jax import predictions as P
 from diffusion_jax.metrics.ot import w2_exact  # noqa: E402
-from diffusion_jax.samplers.base import prior_sample  # noqa: E402
 
 FORMULATIONS = ("vp_eps", "vp_v_cosine", "edm", "rf_uniform", "rf_logit_normal", "ot_cfm")
 
@@ -139,7 +138,8 @@ def part_samplers(out: str, n: int = 1000, nfes=(6, 10, 20)) -> str:
         obj = O.resolve_objective(O.objective_preset(form))
         sch = obj.schedule
         den = dist.denoiser(sch, kind)
-        z0 = prior_sample(jax.random.key(2), (n, 2), sch, dtype=jnp.float64)
+        # The engine's keys and initial state (seeds 0..n-1, base seed 2): what `seeds.sample` starts from.
+        z0 = seeds.initial_state(seeds.sample_keys(np.arange(n), 2), None, (2,), sch, sch.t_max, jnp.float64)
         t_end = max(sch.t_min, 1e-3)
         ref_grid = jnp.asarray([sch.t_max, t_end])
         ref = jax.jit(lambda z: Tsit5(rtol=1e-9, atol=1e-9).run(den, z, ref_grid).samples)(z0)
