@@ -119,10 +119,10 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
     """`sample` (subprocess, the README command) and `evaluate` (in-process main path) run the converted
     tiny DiT + VAE from configs/pretrained/dit_xl2.py:tiny; the written images are the engine's
     latents decoded by the VAE, seed for seed."""
+    import json
     import subprocess
     import sys
 
-    from diffusion_jax import evaluate
     from diffusion_jax.samplers import seeds as sd
 
     _, _, cfg = tiny
@@ -141,8 +141,11 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
             assert f["sample"].shape == (16, 16, 3)
             np.testing.assert_array_equal(f["sample"], want[s])
             assert int(f["label"]) == s  # labels 0-9 cycled over the seeds
-    cfg.eval.num_samples = 3
-    res = evaluate.evaluate_pretrained(cfg, str(tmp_path / "ev"))
+    ev = [sys.executable, "-m", "diffusion_jax.evaluate", f"--workdir={tmp_path / 'ev'}", "--progress=false",
+          "--config.eval.num_samples=3", *args[3:6]]  # fmt: skip
+    r = subprocess.run(ev, cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "ev" / "eval" / "pretrained.json") as f:
+        res = json.load(f)
     assert res["frac_finite"] == 1.0 and res["nfe"] == 4 and res["guidance_scale"] == 4.0
     assert np.isclose(res["pixel_mean"], want.mean(), rtol=1e-5)
-    assert os.path.isfile(tmp_path / "ev" / "eval" / "pretrained.json")
