@@ -149,3 +149,38 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
         res = json.load(f)
     assert res["frac_finite"] == 1.0 and res["nfe"] == 4 and res["guidance_scale"] == 4.0
     assert np.isclose(res["pixel_mean"], want.mean(), rtol=1e-5)
+
+
+def test_ddpm_cifar10_tiny_pixel_model_matches_diffusers(tmp_path):
+    """configs/pretrained/ddpm_cifar10.py:tiny (a converted random UNet2DModel, unconditional, pixel
+    space, no decoder) through the engine's Plan equals diffusers' DDIMScheduler loop step for step."""
+    from diffusion_jax.convert import unet
+
+    cj = unet.ddpm_cifar10_config()
+    cj.update(sample_size=8, block_out_channels=[128, 128], layers_per_block=1,
+              down_block_types=["AttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "AttnUpBlock2D"])  # fmt: skip
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DModel(**{k: v for k, v in cj.items() if not k.startswith("_")}).eval()
+    randomize(ref, 2, scale=0.05)
+    ref.save_pretrained(str(tmp_path / "unet"))
+    cfg = ddpm_cifar10.get_config("tiny")
+    cfg.pretrained.denoiser.path = str(tmp_path / "unet_tiny.safetensors")
+    convert.convert("unet", str(tmp_path / "unet"), cfg.pretrained.denoiser.path)
+    plan = pretrained.make_plan(cfg)
+    assert plan.decode is None and plan.shape == (8, 8, 3)
+    out = seeds.sample(plan.denoiser, plan.sampler, plan.grid, "0-1", plan.shape, return_trajectory=True)
+    traj = np.asarray(out.trajectory)
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                    beta_end=0.02, clip_sample=False, set_alpha_to_one=True)  # fmt: skip
+    sched.set_timesteps(4)
+    x = torch.from_numpy(np.array(traj[0].transpose(0, 3, 1, 2)))
+    errs = []
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            x = sched.step(ref(x, t).sample, t, x).prev_sample
+            errs.append(rel_err(traj[i + 1].transpose(0, 3, 1, 2), x.numpy()))
+    print(
+        "DDIM tiny DDPM U-Net, per-step max relative error vs diffusers: "
+        + ", ".join(f"{e:.1e}" for e in errs)
+    )
+    assert max(errs) <= 1e-4
