@@ -89,3 +89,20 @@ def test_train_step_quick(tmp_path):
     (row,) = res["rows"]
     # Same training run on 1 and 8 devices (asserted in the script; recorded here).
     assert row["max_abs_param_diff"] <= 1e-4 and row["step_s_1"] > 0 and row["step_s_8"] > 0
+
+
+def test_likelihood_quick(tmp_path):
+    """Each method runs at the loosest tolerance that reaches the accuracy target (equal accuracy)."""
+    from benchmarks import likelihood
+
+    res = likelihood.main(["--quick", "--out", str(tmp_path)])
+    md, _ = _read(tmp_path, "likelihood")
+    assert "scipy / this" in md
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == set(likelihood.METHODS)
+    assert all(r["max_err"] <= res["target"] and r["seconds"] > 0 for r in rows.values())
+    # the chosen tolerance is the loosest that passes: every looser one in the sweep missed the target
+    for m, r in rows.items():
+        looser = [s for s in res["sweep"] if s["method"] == m and s["tol"] > r["tol"]]
+        assert all(s["max_err"] > res["target"] for s in looser)
+
