@@ -105,4 +105,3 @@ def test_likelihood_quick(tmp_path):
     for m, r in rows.items():
         looser = [s for s in res["sweep"] if s["method"] == m and s["tol"] > r["tol"]]
         assert all(s["max_err"] > res["target"] for s in looser)
-
