@@ -20,7 +20,16 @@ LAYERS = (
     ("predictions, conditioning", ("predictions", "conditioning")),
     (
         "objectives, couplings, interpolants, analytic",
-        ("objectives", "couplings", "weightings", "time_distributions", "interpolants", "analytic"),
+        (
+            "objectives",
+            "objective_config",
+            "presets",
+            "couplings",
+            "weightings",
+            "time_distributions",
+            "interpolants",
+            "analytic",
+        ),
     ),
     ("samplers, likelihood, metrics", ("samplers", "likelihood", "metrics")),
     ("models", ("models",)),
