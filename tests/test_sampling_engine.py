@@ -121,3 +121,28 @@ def test_labels_are_a_function_of_the_seed(run, tmp_path):
     # seed 4 has label 2 under "2,0" and under "2": the same sample; under "0" another one
     np.testing.assert_array_equal(pipe([4], condition=2)[0], b[0])
     assert np.abs(pipe([4], condition=0)[0] - b[0]).max() > 0
+
+
+def test_a_runs_source_starts_its_samples():
+    """A run trained from a non-Gaussian source (data.pair_with) is sampled from that source: seed s
+    starts at source.draw(fold_in(fold_in(key(base), s), INIT_TAG)), whoever draws it."""
+    from configs.toy2d import cfm
+    from diffusion_jax.data.sources import toy_source
+    from diffusion_jax.training import build, periodic
+
+    cfg = cfm.get_config("moons_tiny")
+    cfg.data.pair_with = "8gaussians"
+    cfg.sampling.update(sampler="euler", grid="uniform", num_steps=2, chunk_size=4)
+    net = build.build_network(cfg)
+    _, den = build.build_loss(cfg, net.net_fn)
+    plan = periodic.plan_for(cfg, den.replace(params=net.params))
+    assert plan.meta["source"] == "8gaussians"
+    traj = sd.sample(plan.denoiser, plan.sampler, plan.grid, [2, 9], (2,), base_seed=cfg.sampling.seed,
+                     chunk_size=4, source=plan.source, return_trajectory=True).trajectory  # fmt: skip
+    for i, s in enumerate((2, 9)):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.sampling.seed), s), sd.INIT_TAG)
+        want = toy_source("8gaussians").sample(key, (1, 2))[0]
+        np.testing.assert_array_equal(traj[0, i], want)
+    np.testing.assert_array_equal(
+        traj[-1], periodic.generate_samples(cfg, den.replace(params=net.params), 10)[[2, 9]]
+    )

@@ -281,6 +281,7 @@ def make_plan(
     sd.validate_sampling(denoiser, sampler, grid)
     if isinstance(spec.chunk_size, bool) or not isinstance(spec.chunk_size, int) or spec.chunk_size < 1:
         raise ValueError(f"sampling.chunk_size must be an integer >= 1, got {spec.chunk_size!r}")
+    source = _source(run_cfg)  # the run's t = 1 distribution (None: the Gaussian default)
     final_zero = bool(grid[-1] == 0.0)
     meta = {
         "sampler": spec.sampler,
@@ -295,12 +296,24 @@ def make_plan(
         "dtype": spec.dtype,
         "checkpoint_step": -1 if step is None else int(step),
         "weights": weights,
+        "source": "gaussian" if source is None else source.name,
     }
     del jnp
     return Plan(
         denoiser, sampler, grid, tuple(int(s) for s in shape), spec.dtype, int(spec.base_seed),
-        int(spec.chunk_size), cond_fn, condition_of, meta,
+        int(spec.chunk_size), cond_fn, condition_of, meta, source,
     )  # fmt: skip
+
+
+def _source(run_cfg):
+    """The run's source (`data.pair_with`, `data.sources.source_from_config`) for the engine's
+    initial state, or None for the standard normal (the engine's default draw, the same bits)."""
+    if not (run_cfg.get("data", None) and run_cfg.data.get("pair_with", "")):
+        return None
+    from diffusion_jax.data.sources import source_from_config
+
+    src = source_from_config(run_cfg.data)
+    return None if getattr(src, "gaussian", False) else src
 
 
 def weights_name(state, which: str) -> str:
