@@ -141,15 +141,16 @@ def _kw(c) -> dict:
     return dict(c.to_dict()) if hasattr(c, "to_dict") else dict(c or {})
 
 
-def make_plan(cfg):
+def make_plan(cfg, pre: Pretrained | None = None):
     """The sampling engine's `Plan` for a pretrained config (`configs/pretrained/*`), with
     `plan.decode` set for latent models. Labels / guidance work as for a class-conditional run (null
-    label = num_classes, the learned null class of DiT). Everything is validated before compiling."""
+    label = num_classes, the learned null class of DiT). Everything is validated before compiling.
+    `pre`: an already loaded `load_pretrained(cfg)` (e.g. to build many plans of one model)."""
     import ml_collections
 
     from diffusion_jax.training import sampling
 
-    pre = load_pretrained(cfg, dtype=jnp.dtype(cfg.dtype))
+    pre = pre or load_pretrained(cfg, dtype=jnp.dtype(cfg.dtype))
     c = cfg.conditioning
     spec = sampling.SamplingSpec(
         sampler=cfg.sampler.name, sampler_kwargs=_kw(cfg.sampler.kwargs), grid=cfg.grid.name,
