@@ -49,9 +49,8 @@ class Pipeline:
 
         labels = caption = None
         if condition is not None:
-            text = self.run_config.model.get("text_encoder", None) is not None
-            if isinstance(condition, str) and text and not _is_labels(condition):
-                caption = condition
+            if isinstance(condition, str) and not _is_labels(condition):
+                caption = condition  # not a labels spec: a caption (refused by a model without text)
             elif isinstance(condition, str):
                 labels = condition
             else:

@@ -146,3 +146,26 @@ def test_a_runs_source_starts_its_samples():
     np.testing.assert_array_equal(
         traj[-1], periodic.generate_samples(cfg, den.replace(params=net.params), 10)[[2, 9]]
     )
+
+
+def test_bad_conditions_are_refused_before_compiling(run):
+    workdir, cfg, _ = run
+    pipe = Pipeline.from_workdir(workdir)
+    if cfg.model.get("num_classes", 0):
+        with pytest.raises(ValueError, match=r"labels \[3\] outside \[0, 3\)"):
+            pipe.plan(condition="0-3")
+        with pytest.raises(ValueError, match="no text encoder"):
+            pipe.plan(condition="a photo of a cat")
+    else:
+        with pytest.raises(ValueError, match="needs a conditional model"):
+            pipe.plan(guidance=2.0)
+        with pytest.raises(ValueError, match="not class-conditional"):
+            pipe.plan(condition="0-3")
+        req = cli.get_default_config()
+        req.conditioning.guidance_scale = 3.0
+        with pytest.raises(ValueError, match="needs a conditional model"):
+            cli.build_plan(req, workdir)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        pipe.plan(sampler="nope")
+    with pytest.raises(ValueError, match="unknown option"):
+        pipe.plan(sampler="euler", sampler_kwargs={"order": 3})

@@ -98,7 +98,12 @@ def parse_labels(spec: str | int | Sequence[int]) -> list[int]:
     if isinstance(spec, str):
         out = []
         for part in spec.split(","):
-            out.extend(parse_seeds(part))
+            try:
+                out.extend(parse_seeds(part))
+            except ValueError:
+                raise ValueError(
+                    f"labels: cannot parse {part!r} in {spec!r}; expected e.g. '0-9' or '3,3,7'"
+                ) from None
         return out
     return [int(y) for y in ([spec] if isinstance(spec, int | np.integer) else spec)]
 
