@@ -80,3 +80,27 @@ def test_split_argv_keeps_absl_flags_apart():
         ml_collections.ConfigDict({"k": {}}), [("k.kwargs.x", "'s'"), ("k.kwargs.y", "a/b")]
     )
     assert got.k.kwargs.x == "s" and got.k.kwargs.y == "a/b"  # a kwargs dict is created; literal or string
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("labels", "0-3", "not class-conditional"),
+        ("guidance_scale", 2.0, "needs a conditional model"),
+        ("caption", "a cat", "needs a text model"),
+        ("sampler_kwargs", {"order": 3}, "unknown option"),
+        ("chunk_size", 0, "sampling.chunk_size"),
+    ],
+)
+def test_run_sampling_section_is_validated_before_training(field, value, match):
+    import sys
+
+    sys.path.insert(0, REPO)
+    from configs.toy2d import rf_uniform
+    from diffusion_jax.training.config import validate_config
+
+    cfg = rf_uniform.get_config("tiny")
+    validate_config(cfg)
+    cfg.sampling[field] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=match):
+        validate_config(cfg)

@@ -92,6 +92,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _check_int(s.seed, "sampling.seed", 0)
     _check_number(s.guidance_scale, "sampling.guidance_scale")
     _validate_sampling_names(s)
+    _validate_sampling_conditions(cfg)
 
     if "eval" in cfg:
         _check_int(cfg.eval.num_samples, "eval.num_samples", 2)
@@ -151,6 +152,33 @@ def _validate_sampling_names(s):
     for f in ("labels", "caption", "ema"):
         if not isinstance(s.get(f, ""), str):
             raise ValueError(f"sampling.{f}={s.get(f)!r} must be a string")
+
+
+def _validate_sampling_conditions(cfg):
+    """sampling.labels / caption / guidance_scale against the model, before training starts (the
+    periodic samples would otherwise fail at the first `sample_every`)."""
+    s, m, d = cfg.sampling, cfg.model, cfg.data
+    k = int(m.get("num_classes", 0) or 0)
+    text = bool(d.get("captions", "") or d.get("embeddings_path", ""))
+    if s.get("caption", "") and m.get("text_encoder", None) is None:
+        raise ValueError("sampling.caption needs a text model (model.text_encoder)")
+    if s.get("labels", ""):
+        from diffusion_jax.samplers.seeds import parse_labels
+
+        try:
+            labels = parse_labels(s.labels)
+        except ValueError as e:
+            raise ValueError(f"sampling.labels: {e}") from None
+        if not (k or text):
+            raise ValueError("sampling.labels: the model is not class-conditional (model.num_classes = 0)")
+        bad = [y for y in labels if k and not 0 <= y < k]
+        if bad:
+            raise ValueError(f"sampling.labels {bad[:5]} outside [0, {k}) (model.num_classes)")
+    if float(s.guidance_scale) != 1.0 and not (k or text):
+        raise ValueError(
+            f"sampling.guidance_scale={s.guidance_scale}: classifier-free guidance needs a conditional "
+            "model (model.num_classes > 0 or text conditioning); use 1.0"
+        )
 
 
 def _validate_objective(obj):
