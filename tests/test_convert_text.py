@@ -56,6 +56,17 @@ def test_clip_text_parity(tmp_path, act, eos):
     e2 = rel_err(pooled, r.pooler_output.numpy())
     print(f"CLIPTextModel ({act}, eos {eos}) max relative error: hidden {e1:.2e}, pooled {e2:.2e}")
     assert max(e1, e2) <= 1e-4
+    if eos == 2:  # the embed command writes what data.embeddings_path reads (per-class rows)
+        from diffusion_jax.convert.__main__ import main
+        from diffusion_jax.data.text import load_npy_embeddings
+
+        np.save(tmp_path / "ids.npy", ids)
+        np.save(tmp_path / "mask.npy", mask.astype(bool))
+        args = ["embed", out, "--ids", str(tmp_path / "ids.npy"), "--mask", str(tmp_path / "mask.npy")]
+        assert main([*args, "--out", str(tmp_path / "emb.npy")]) == 0
+        emb, m = load_npy_embeddings(tmp_path / "emb.npy", tmp_path / "mask.npy")
+        assert emb.shape == (2, 8, 64) and np.array_equal(m, valid)
+        assert rel_err(emb[valid], r.last_hidden_state.numpy()[valid]) <= 1e-4
 
 
 @pytest.mark.parametrize("ff", ["gated-gelu", "relu"])

@@ -105,3 +105,22 @@ def t5_from_transformers(cj: dict, sd: dict[str, np.ndarray], *, allow_partial: 
         t5_rules(cfg), sd, _shapes("t5_encoder", cfg), what="T5EncoderModel", allow_partial=allow_partial
     )
     return cfg, params, problems
+
+
+def embed(encoder_path: str, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Token ids [N, L] (tokenised with the encoder's own tokenizer) -> last hidden states [N, L, E]
+    (float32) of a converted CLIP text / T5 encoder file, for `data.embeddings_path` (with `mask` as
+    `data.embeddings_mask_path`) so captioned models train on real text embeddings."""
+    import jax.numpy as jnp
+
+    from diffusion_jax.convert import api
+
+    model, info = api.load_module(encoder_path)
+    if info.kind not in ("clip_text", "t5_encoder"):
+        raise ValueError(f"{encoder_path}: holds a {info.kind}, not a CLIP text / T5 encoder")
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token ids must be an int array [N, L], got {ids.dtype}{list(ids.shape)}")
+    m = None if mask is None else jnp.asarray(np.asarray(mask).astype(np.int32))
+    out = model(jnp.asarray(ids), m)
+    return np.asarray(out[0] if isinstance(out, tuple) else out, np.float32)
