@@ -282,6 +282,7 @@ def make_plan(
     if isinstance(spec.chunk_size, bool) or not isinstance(spec.chunk_size, int) or spec.chunk_size < 1:
         raise ValueError(f"sampling.chunk_size must be an integer >= 1, got {spec.chunk_size!r}")
     source = _source(run_cfg)  # the run's t = 1 distribution (None: the Gaussian default)
+    _check_source_grid(source, grid)
     final_zero = bool(grid[-1] == 0.0)
     meta = {
         "sampler": spec.sampler,
@@ -314,6 +315,16 @@ def _source(run_cfg):
 
     src = source_from_config(run_cfg.data)
     return None if getattr(src, "gaussian", False) else src
+
+
+def _check_source_grid(source, grid) -> None:
+    """A non-Gaussian source is the distribution at t = 1: the grid must start there (ValueError
+    before compiling)."""
+    if source is not None and float(grid[0]) != 1.0:
+        raise ValueError(
+            f"sampling.grid: the run's source {source.name!r} (data.pair_with) is the distribution at t = 1; "
+            f"the grid must start at t = 1 (it starts at {float(grid[0])}: set grid_kwargs.t_max=1.0)"
+        )
 
 
 def weights_name(state, which: str) -> str:
