@@ -80,10 +80,11 @@ def evaluate(
         chunks = tqdm(
             chunks, total=len(sd.chunk_block(-(-n // plan.chunk_size), pi, pc)), desc="evaluate", unit="chunk"
         )
-    parts = []
+    parts, nfes = [], []
     with sd.BackgroundWriter() as writer:
         for c in chunks:
-            parts.append(c.samples)  # metrics below are one call on the streamed samples
+            parts.append(c.samples)
+            nfes.append(int(c.nfe))  # metrics below are one call on the streamed samples
             if save:
                 conds = [plan.condition_of(x) for x in c.seeds]
                 d = os.path.join(out_dir, f"{s:08d}_samples")
@@ -93,7 +94,7 @@ def evaluate(
     metrics = periodic.evaluate_samples(cfg, samples)
     meta = plan.meta
     out = {"step": s, "ema": weights, "num_samples": n, "sampler": meta["sampler"], "grid": meta["grid"],
-           "nfe": meta["nfe"], **metrics}  # fmt: skip
+           "nfe": meta["nfe"] if meta["nfe"] >= 0 else max(nfes, default=-1), **metrics}  # fmt: skip
     if pi == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"{s:08d}.json"), "w") as f:

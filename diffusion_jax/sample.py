@@ -289,7 +289,7 @@ def run_sampling(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
     todo = _todo(plan, mine, out_dir)
     local = jax.local_devices()
     devices = local if cfg.num_devices == -1 else local[: cfg.num_devices]
-    shown, points, written = [], [], 0
+    shown, points, written, nfes = [], [], 0, []
     if todo:
         chunks = plan.stream(todo, devices=devices)
         if cfg.progress and pi == 0:
@@ -303,6 +303,7 @@ def run_sampling(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
                     c = c._replace(samples=np.asarray(plan.decode(c.samples)))
                 writer.submit(sd.save_samples, out_dir, c.seeds, c.samples, meta=plan.meta, conds=conds)
                 written += len(c.seeds)
+                nfes.append(int(c.nfe))
                 if c.samples.ndim == 2 and c.samples.shape[1] == 2:
                     points.append(c.samples)
                 elif cfg.grid_png and sum(len(x) for x in shown) < GRID_PNG_MAX:
@@ -318,6 +319,8 @@ def run_sampling(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
             for k in ("sampler", "grid", "num_steps", "nfe", "guidance_scale", "checkpoint_step", "weights")
         },
         "num_samples": len(seed_list),
+        # Adaptive solvers: the NFE is known after the solve (max over this process's chunks).
+        **({"nfe": max(nfes)} if plan.meta["nfe"] < 0 and nfes else {}),
         "drawn": written,
         "skipped": len(mine) - len(todo),
         "output_dir": out_dir,

@@ -88,3 +88,19 @@ def test_grid_must_start_at_the_source(run):
     workdir, _, _ = run
     with pytest.raises(ValueError, match=r"source 'moons' .* the grid must start at t = 1"):
         Pipeline.from_workdir(workdir).plan(grid_kwargs={"t_max": 0.9})
+
+
+def test_adaptive_solver_from_the_cli_on_zero_to_one(run, tmp_path):
+    """dopri5 with rtol / atol fields on the velocity model's full [0, 1] grid (ending where sigma = 0),
+    NFE reported; its samples agree with a fine RK4 solve from the same source draws."""
+    workdir, _, _ = run
+    req = cli.get_default_config()
+    req.seeds, req.output_dir, req.progress = "0-3", str(tmp_path / "dopri5"), False
+    req.sampler.name = "dopri5"
+    req.sampler.kwargs.rtol = 1e-6
+    req.sampler.kwargs.atol = 1e-6
+    summary = cli.run_sampling(req, workdir)
+    assert summary["nfe"] > 7 and summary["sampler"] == "dopri5"
+    got = np.stack([np.load(str(tmp_path / "dopri5" / f"{s:06d}.npz"))["sample"] for s in range(4)])
+    fine = Pipeline.from_workdir(workdir)([0, 1, 2, 3], sampler="rk4", steps=200)
+    np.testing.assert_allclose(got, fine, rtol=1e-4, atol=1e-4)

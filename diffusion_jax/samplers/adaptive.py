@@ -12,7 +12,8 @@ and never returns to the host:
 Only grid[0] and grid[-1] matter (the integration limits); with `return_trajectory=True` the state is
 saved at every grid time (dense output, `SaveAt(ts=grid)`, no extra evaluations). The last grid time
 must have sigma > 0: both pairs evaluate the field at the end point, where an x0 / velocity
-prediction is undefined on clean data (use t_min > 0, e.g. the schedule's).
+prediction is undefined on clean data (use t_min > 0, e.g. the schedule's), unless the model predicts
+the velocity itself (flow matching on [0, 1]: its output is the field, defined at t = 0).
 
 NFE accounting: both pairs have 7 stages with the first-same-as-last property: the last stage of a
 step is the first of the next, and a rejected step keeps it. The reported NFE is
@@ -128,7 +129,9 @@ class _Diffrax(Sampler):
         if g is not None:
             with jax.ensure_compile_time_eval():
                 s_end = float(denoiser.schedule.sigma(jnp.asarray(g[-1], z.dtype)))
-            if not s_end > 0:
+            # A velocity model's output is the ODE field itself, defined at sigma = 0 too (flow
+            # matching on [0, 1]); other kinds are converted through 1/sigma there.
+            if not s_end > 0 and denoiser.kind != "velocity":
                 raise ValueError(
                     f"{self.name}: the grid ends at t={g[-1]} where sigma = 0; adaptive solvers evaluate the "
                     "field at the end point, so end the grid at t_min > 0 (final_zero=False)"

@@ -290,7 +290,7 @@ def make_plan(
         "grid": spec.grid,
         "grid_kwargs": json.dumps(dict(spec.grid_kwargs), sort_keys=True),
         "num_steps": int(grid.shape[0] - 1),
-        "nfe": int(sampler.nfe(int(grid.shape[0] - 1), final_zero)),
+        "nfe": _static_nfe(sampler, grid, final_zero),
         "guidance_scale": scale,
         "base_seed": int(spec.base_seed),
         "chunk_size": int(spec.chunk_size),
@@ -304,6 +304,13 @@ def make_plan(
         denoiser, sampler, grid, tuple(int(s) for s in shape), spec.dtype, int(spec.base_seed),
         int(spec.chunk_size), cond_fn, condition_of, meta, source,
     )  # fmt: skip
+
+
+def _static_nfe(sampler, grid, final_zero: bool) -> int:
+    """The sampler's NFE known before the run, or -1 for adaptive solvers (the sampling CLI and
+    `evaluate` report the NFE the solves used)."""
+    n = sampler.nfe(int(grid.shape[0] - 1), final_zero)
+    return -1 if n is None else int(n)
 
 
 def _source(run_cfg):
