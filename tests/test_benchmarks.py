@@ -105,3 +105,16 @@ def test_likelihood_quick(tmp_path):
     for m, r in rows.items():
         looser = [s for s in res["sweep"] if s["method"] == m and s["tol"] > r["tol"]]
         assert all(s["max_err"] > res["target"] for s in looser)
+
+
+def test_throughput_quick(tmp_path):
+    from benchmarks import throughput
+
+    res = throughput.main(["--quick", "--out", str(tmp_path)])
+    md, _ = _read(tmp_path, "throughput")
+    assert "MFU" in md and "measured matmul" in md
+    assert [r["model"] for r in res["rows"]] == list(throughput.QUICK_MODELS)
+    for r in res["rows"]:
+        assert r["flops_per_step"] > 0 and r["images_per_s"] > 0 and 0 < r["mfu"] < 1
+    assert throughput.vendor_peak("TPU v5 lite") == 197e12 and throughput.vendor_peak("TPU v5p") == 459e12
+    assert throughput.vendor_peak("NVIDIA H100 80GB HBM3") == 989e12 and throughput.vendor_peak("cpu") is None
