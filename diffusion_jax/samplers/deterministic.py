@@ -17,8 +17,8 @@ Steps that land on sigma(t_next) = 0 (a grid ending at t = 0 on every schedule b
 would evaluate the denoiser there (Heun's corrector, RK4's last stage) take an Euler step instead, as
 EDM Algorithm 1 (line 7: "if sigma_{i+1} != 0") does; the DPM-Solver family takes the first-order
 limit z_next = alpha(t_next) x0-hat(z, t_cur) (logSNR(t_next) = +inf). The branch is a `lax.cond`
-on the (unbatched) time, so only the branch taken costs network evaluations, and `carry['nfe']`
-counts what was evaluated. `nfe(N, final_zero)` gives the same count statically; `final_zero` means
+on the (unbatched) time, so only the branch taken costs network evaluations, and `Carry.nfe`
+counts what was evaluated (through `base.Evaluator.cond`). `nfe(N, final_zero)` gives the same count statically; `final_zero` means
 "the last grid time has sigma = 0".
 """
 
@@ -30,8 +30,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.predictions import Denoiser
-from diffusion_jax.samplers.base import Carry, Sampler
+from diffusion_jax.samplers.base import Sampler
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
@@ -54,10 +53,6 @@ def t_from_half_lambda(schedule: Schedule, lam: Array) -> Array:
     return schedule.t_from_logsnr(2.0 * lam)
 
 
-def _add_nfe(carry: Carry, z: Array, n) -> Carry:
-    return {**carry, "z": z, "nfe": carry["nfe"] + jnp.asarray(n, jnp.int32)}
-
-
 def _check_coords(name: str, coords: str) -> None:
     if coords not in COORDS:
         raise ValueError(f"{name}: unknown `coords` {coords!r}; valid: {list(COORDS)}")
@@ -78,6 +73,11 @@ class _ODERK(Sampler):
 
     coords: str = "t"
 
+    @property
+    def needs_alpha(self) -> bool:
+        """sigma~ = sigma / alpha coordinates divide by alpha; t coordinates do not."""
+        return self.coords == "sigma"
+
     def validate(self, schedule: Schedule, num_steps: int) -> None:
         super().validate(schedule, num_steps)
         _check_coords(self.name, self.coords)
@@ -94,7 +94,7 @@ class _ODERK(Sampler):
     def _to_z(self, s: Schedule, y, t):
         return y if self.coords == "t" else y * s.alpha(t)
 
-    def _f(self, den: Denoiser, y, t):
+    def _f(self, den, y, t):
         z = self._to_z(den.schedule, y, t)
         return den.velocity(z, t) if self.coords == "t" else den.eps(z, t)
 
@@ -110,11 +110,11 @@ class Euler(_ODERK):
 
     name: ClassVar[str] = "euler"
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        y = self._to_y(s, carry["z"], t_cur)
-        y = y + (self._tau(s, t_next) - self._tau(s, t_cur)) * self._f(den, y, t_cur)
-        return _add_nfe(carry, self._to_z(s, y, t_next), 1)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        y = self._to_y(s, carry.z, t_cur)
+        y = y + (self._tau(s, t_next) - self._tau(s, t_cur)) * self._f(ev, y, t_cur)
+        return self._to_z(s, y, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps
@@ -131,22 +131,19 @@ class Heun(_ODERK):
 
     name: ClassVar[str] = "heun"
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        y = self._to_y(s, carry["z"], t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        y = self._to_y(s, carry.z, t_cur)
         dtau = self._tau(s, t_next) - self._tau(s, t_cur)
-        d1 = self._f(den, y, t_cur)
+        d1 = self._f(ev, y, t_cur)
         y_e = y + dtau * d1
 
         def corrector(_):
-            d2 = self._f(den, y_e, t_next)
-            return y + 0.5 * dtau * (d1 + d2), jnp.int32(2)
+            d2 = self._f(ev, y_e, t_next)
+            return y + 0.5 * dtau * (d1 + d2)
 
-        def euler(_):
-            return y_e, jnp.int32(1)
-
-        y_next, n = jax.lax.cond(is_zero_sigma(s, t_next), euler, corrector, None)
-        return _add_nfe(carry, self._to_z(s, y_next, t_next), n)
+        y_next = ev.cond(is_zero_sigma(s, t_next), lambda _: y_e, corrector, None)
+        return self._to_z(s, y_next, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return 2 * num_steps - (1 if final_zero else 0)
@@ -162,15 +159,15 @@ class Midpoint(_ODERK):
 
     name: ClassVar[str] = "midpoint"
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        y = self._to_y(s, carry["z"], t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        y = self._to_y(s, carry.z, t_cur)
         tau_c, tau_n = self._tau(s, t_cur), self._tau(s, t_next)
         dtau = tau_n - tau_c
         t_mid = self._t(s, tau_c + 0.5 * dtau)
-        d1 = self._f(den, y, t_cur)
-        d2 = self._f(den, y + 0.5 * dtau * d1, t_mid)
-        return _add_nfe(carry, self._to_z(s, y + dtau * d2, t_next), 2)
+        d1 = self._f(ev, y, t_cur)
+        d2 = self._f(ev, y + 0.5 * dtau * d1, t_mid)
+        return self._to_z(s, y + dtau * d2, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return 2 * num_steps
@@ -187,25 +184,22 @@ class RK4(_ODERK):
 
     name: ClassVar[str] = "rk4"
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        y = self._to_y(s, carry["z"], t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        y = self._to_y(s, carry.z, t_cur)
         tau_c, tau_n = self._tau(s, t_cur), self._tau(s, t_next)
         dtau = tau_n - tau_c
-        k1 = self._f(den, y, t_cur)
+        k1 = self._f(ev, y, t_cur)
 
         def rk4(_):
             t_mid = self._t(s, tau_c + 0.5 * dtau)
-            k2 = self._f(den, y + 0.5 * dtau * k1, t_mid)
-            k3 = self._f(den, y + 0.5 * dtau * k2, t_mid)
-            k4 = self._f(den, y + dtau * k3, t_next)
-            return y + dtau / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4), jnp.int32(4)
+            k2 = self._f(ev, y + 0.5 * dtau * k1, t_mid)
+            k3 = self._f(ev, y + 0.5 * dtau * k2, t_mid)
+            k4 = self._f(ev, y + dtau * k3, t_next)
+            return y + dtau / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
-        def euler(_):
-            return y + dtau * k1, jnp.int32(1)
-
-        y_next, n = jax.lax.cond(is_zero_sigma(s, t_next), euler, rk4, None)
-        return _add_nfe(carry, self._to_z(s, y_next, t_next), n)
+        y_next = ev.cond(is_zero_sigma(s, t_next), lambda _: y + dtau * k1, rk4, None)
+        return self._to_z(s, y_next, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return 4 * num_steps - (3 if final_zero else 0)
@@ -228,10 +222,10 @@ class DDIM(Sampler):
 
     name: ClassVar[str] = "ddim"
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        x0, eps = den.x0_eps(carry["z"], t_cur)
-        return _add_nfe(carry, s.alpha(t_next) * x0 + s.sigma(t_next) * eps, 1)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        x0, eps = ev.x0_eps(carry.z, t_cur)
+        return s.alpha(t_next) * x0 + s.sigma(t_next) * eps, ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps
@@ -258,7 +252,7 @@ class DPMSolver(Sampler):
     NFE: order * N; order * (N - 1) + 1 when the grid ends at sigma = 0.
     """
 
-    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+    needs_alpha = True  # logSNR coordinates (see Sampler.needs_alpha)
 
     name: ClassVar[str] = "dpm_solver"
     order: int = 2
@@ -280,9 +274,9 @@ class DPMSolver(Sampler):
         if self.order == 3 and not r1 < r2 < 1.0:
             raise ValueError(f"{self.name}: order 3 needs r1 < r2 < 1, got r1={r1}, r2={r2}")
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        z = carry["z"]
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        z = carry.z
         order = self.order
         r1, r2 = self._rs()
 
@@ -291,15 +285,15 @@ class DPMSolver(Sampler):
             an, sn = s.alpha(t_next), s.sigma(t_next)
             lam = half_lambda(s, t_cur)
             h = half_lambda(s, t_next) - lam
-            eps = den.eps(z, t_cur)
+            eps = ev.eps(z, t_cur)
             base = (an / a) * z - sn * jnp.expm1(h) * eps
             if order == 1:
-                return base, jnp.int32(1)
+                return base
             t1 = t_from_half_lambda(s, lam + r1 * h)
             u1 = (s.alpha(t1) / a) * z - s.sigma(t1) * jnp.expm1(r1 * h) * eps
-            d1 = den.eps(u1, t1) - eps
+            d1 = ev.eps(u1, t1) - eps
             if order == 2:
-                return base - sn / (2.0 * r1) * jnp.expm1(h) * d1, jnp.int32(2)
+                return base - sn / (2.0 * r1) * jnp.expm1(h) * d1
             t2 = t_from_half_lambda(s, lam + r2 * h)
             a2, s2 = s.alpha(t2), s.sigma(t2)
             u2 = (
@@ -307,14 +301,13 @@ class DPMSolver(Sampler):
                 - s2 * jnp.expm1(r2 * h) * eps
                 - s2 * r2 / r1 * (jnp.expm1(r2 * h) / (r2 * h) - 1.0) * d1
             )
-            d2 = den.eps(u2, t2) - eps
-            return base - sn / r2 * (jnp.expm1(h) / h - 1.0) * d2, jnp.int32(3)
+            d2 = ev.eps(u2, t2) - eps
+            return base - sn / r2 * (jnp.expm1(h) / h - 1.0) * d2
 
         def to_zero(_):
-            return s.alpha(t_next) * den.x0(z, t_cur), jnp.int32(1)
+            return s.alpha(t_next) * ev.x0(z, t_cur)
 
-        z_next, n = jax.lax.cond(is_zero_sigma(s, t_next), to_zero, full, None)
-        return _add_nfe(carry, z_next, n)
+        return ev.cond(is_zero_sigma(s, t_next), to_zero, full, None), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return self.order * num_steps - ((self.order - 1) if final_zero else 0)

@@ -107,10 +107,10 @@ def inpaint(
     if z_init.shape != x_known.shape:
         raise ValueError(f"inpaint: z_init {z_init.shape} must match x_known {x_known.shape}")
     carry0 = sampler.init(denoiser, z_init, grid_j)
-    if resample > 1 and set(carry0) != {"z", "nfe"}:
+    if resample > 1 and jax.tree.leaves(carry0.aux):
         raise ValueError(
             f"inpaint: RePaint resampling (resample={resample}) needs a sampler without history in its "
-            f"carry; {sampler.name} keeps {sorted(set(carry0) - {'z', 'nfe'})}"
+            f"carry; {sampler.name} keeps a history ({type(carry0.aux).__name__})"
         )
     sch = denoiser.schedule
     i_from = jnp.asarray([p[0] for p in pairs], jnp.int32)
@@ -125,25 +125,25 @@ def inpaint(
         def reverse(c):
             c = sampler.step(denoiser, c, t_a, t_b, a, None if sk is None else kj, num_steps)
             known = _noised(x_known, sch, t_b, noise_like(_tagged(kj), x_known))
-            return {**c, "z": mask * known + (1.0 - mask) * c["z"]}
+            return c.replace(z=mask * known + (1.0 - mask) * c.z)
 
         def forward(c):
             # q(z_b | z_a) with t_b > t_a (grid index b = a - 1): mean alpha_b/alpha_a z_a, std sigma_b sqrt(1 - e^{lam_b - lam_a}).
             std = sch.sigma(t_b) * jnp.sqrt(-jnp.expm1(sch.logsnr(t_b) - sch.logsnr(t_a)))
-            z = sch.alpha(t_b) / sch.alpha(t_a) * c["z"] + std * noise_like(_tagged(kj), c["z"])
-            return {**c, "z": z}
+            z = sch.alpha(t_b) / sch.alpha(t_a) * c.z + std * noise_like(_tagged(kj), c.z)
+            return c.replace(z=z)
 
         if resample > 1:
             carry = jax.lax.cond(b < a, forward, reverse, carry)  # grid index down = time up
         else:
             carry = reverse(carry)
-        return carry, (carry["z"] if return_trajectory else None)
+        return carry, (carry.z if return_trajectory else None)
 
     carry, traj = jax.lax.scan(body, carry0, (jnp.arange(len(pairs)), i_from, i_to))
     samples = mask * x_known + (1.0 - mask) * sampler.finalize(denoiser, carry)
     if return_trajectory:
         traj = jnp.concatenate([z_init[None], traj], axis=0)
-    return SampleOutput(samples, traj, carry["nfe"])
+    return SampleOutput(samples, traj, carry.nfe)
 
 
 def sdedit_grid(grid, strength: float) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Multistep (and the DPM-Solver++ single-step 2S) exponential integrators and iPNDM.
 
-History lives in the scan carry as fixed-size buffers, most recent first:
-  ``hist`` [K, B, ...] past predictions (x0-hat for DPM-Solver++ / UniPC, eps-hat for iPNDM),
-  ``hist_lam`` [K] their lambda = logSNR / 2 (DPM-Solver++ / UniPC).
+History lives in the scan carry (`Carry.aux`) as a `base.History` of fixed-size buffers, most
+recent first: values [K, B, ...] past predictions (x0-hat for DPM-Solver++ / UniPC, eps-hat for
+iPNDM) and times [K] (lambda = logSNR / 2 for DPM-Solver++ / UniPC, sigma~ for iPNDM), kept with the
+public helpers of `base` (`history_init`, `history_push`, `multistep_order`), which samplers written
+outside the package use too.
 The order used at step i (0-based, N steps) is static in structure but traced in value,
   order_i = min(order, i + 1)                      (warm-up: only i + 1 points exist)
   order_i = min(order_i, N - i)                    (when `lower_order_final` is active)
@@ -30,43 +32,21 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Carry, Sampler
+from diffusion_jax.samplers.base import (
+    LOWER_ORDER_FINAL,
+    History,
+    Sampler,
+    history_init,
+    history_push,
+    multistep_order,
+    validate_multistep,
+)
 from diffusion_jax.samplers.deterministic import half_lambda, is_zero_sigma, t_from_half_lambda
 from diffusion_jax.schedules import Schedule
 
 Array = jax.Array
 
-LOWER_ORDER_FINAL = ("auto", "always", "never")
 UNIPC_VARIANTS = ("bh1", "bh2")
-
-
-def _push(buf: Array, x: Array) -> Array:
-    """Insert x at position 0 of a fixed-size history buffer, dropping the oldest entry."""
-    return jnp.concatenate([x[None].astype(buf.dtype), buf[:-1]], axis=0)
-
-
-def _step_order(order: int, i: Array, num_steps: int, lower_final: bool) -> Array:
-    o = jnp.minimum(order, i + 1)
-    # A select on a constant flag rather than a Python `if`: the traced program is then the same
-    # for every N (the "auto" rule switches at N = 15).
-    o = jnp.where(lower_final, jnp.minimum(o, num_steps - i), o)
-    return o.astype(jnp.int32)
-
-
-def _lower_final_active(mode: str, num_steps: int) -> bool:
-    return mode == "always" or (mode == "auto" and num_steps < 15)
-
-
-def _validate_multistep(name: str, order: int, max_order: int, num_steps: int, lof: str | None) -> None:
-    if not isinstance(order, int) or not 1 <= order <= max_order:
-        raise ValueError(f"{name}: `order` must be an integer in 1..{max_order}, got {order!r}")
-    if num_steps < order:
-        raise ValueError(
-            f"{name}: an order-{order} multistep method needs at least {order} steps (it builds its history "
-            f"from the previous steps), got {num_steps}; use more steps or a lower order"
-        )
-    if lof is not None and lof not in LOWER_ORDER_FINAL:
-        raise ValueError(f"{name}: unknown `lower_order_final` {lof!r}; valid: {list(LOWER_ORDER_FINAL)}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -84,7 +64,7 @@ class DPMSolverPP2S(Sampler):
     NFE: 2N; 2N - 1 when the grid ends at sigma = 0 (that step is z' = alpha' x0-hat).
     """
 
-    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+    needs_alpha = True  # logSNR coordinates (see Sampler.needs_alpha)
 
     name: ClassVar[str] = "dpmpp_2s"
     r: float = 0.5
@@ -94,10 +74,10 @@ class DPMSolverPP2S(Sampler):
         if not 0.0 < self.r < 1.0:
             raise ValueError(f"{self.name}: need 0 < r < 1, got r={self.r}")
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        z = carry["z"]
-        x0 = den.x0(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        z = carry.z
+        x0 = ev.x0(z, t_cur)
 
         def full(_):
             lam = half_lambda(s, t_cur)
@@ -105,15 +85,14 @@ class DPMSolverPP2S(Sampler):
             t_s = t_from_half_lambda(s, lam + self.r * h)
             sg = s.sigma(t_cur)
             u = (s.sigma(t_s) / sg) * z - s.alpha(t_s) * jnp.expm1(-self.r * h) * x0
-            x0_s = den.x0(u, t_s)
+            x0_s = ev.x0(u, t_s)
             d = (1.0 - 0.5 / self.r) * x0 + (0.5 / self.r) * x0_s
-            return (s.sigma(t_next) / sg) * z - s.alpha(t_next) * jnp.expm1(-h) * d, jnp.int32(2)
+            return (s.sigma(t_next) / sg) * z - s.alpha(t_next) * jnp.expm1(-h) * d
 
         def to_zero(_):
-            return s.alpha(t_next) * x0, jnp.int32(1)
+            return s.alpha(t_next) * x0
 
-        z_next, n = jax.lax.cond(is_zero_sigma(s, t_next), to_zero, full, None)
-        return {**carry, "z": z_next, "nfe": carry["nfe"] + n}
+        return ev.cond(is_zero_sigma(s, t_next), to_zero, full, None), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return 2 * num_steps - (1 if final_zero else 0)
@@ -144,27 +123,19 @@ class DPMSolverPPMultistep(Sampler):
 
     def validate(self, schedule: Schedule, num_steps: int) -> None:
         super().validate(schedule, num_steps)
-        _validate_multistep(self.name, self.order, 3, num_steps, self.lower_order_final)
+        validate_multistep(self.name, self.order, 3, num_steps, self.lower_order_final)
 
-    def init(self, den, z, grid) -> Carry:
-        k = self.order
-        return {
-            "z": z,
-            "nfe": jnp.zeros((), jnp.int32),
-            "hist": jnp.zeros((k,) + z.shape, z.dtype),
-            "hist_lam": jnp.zeros((k,), grid.dtype),
-        }
+    def init_aux(self, ev, z, grid) -> History:
+        return history_init(self.order, z, grid.dtype)
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        z = carry["z"]
-        x0 = den.x0(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        z = carry.z
+        x0 = ev.x0(z, t_cur)
         lam = half_lambda(s, t_cur)
-        hist = _push(carry["hist"], x0)
-        hist_lam = _push(carry["hist_lam"], lam)
-        order_i = _step_order(
-            self.order, i, num_steps, _lower_final_active(self.lower_order_final, num_steps)
-        )
+        aux = history_push(carry.aux, x0, lam)
+        hist, hist_lam = aux
+        order_i = multistep_order(self.order, i, num_steps, self.lower_order_final)
 
         def full(_):
             h = half_lambda(s, t_next) - lam
@@ -196,8 +167,7 @@ class DPMSolverPPMultistep(Sampler):
         def to_zero(_):
             return s.alpha(t_next) * x0
 
-        z_next = jax.lax.cond(is_zero_sigma(s, t_next), to_zero, full, None)
-        return {**carry, "z": z_next, "nfe": carry["nfe"] + 1, "hist": hist, "hist_lam": hist_lam}
+        return jax.lax.cond(is_zero_sigma(s, t_next), to_zero, full, None), aux
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps
@@ -262,7 +232,7 @@ class UniPC(Sampler):
     final step to sigma = 0 (which is the first-order limit z' = alpha' x0_cur, never corrected).
     """
 
-    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+    needs_alpha = True  # logSNR coordinates (see Sampler.needs_alpha)
 
     name: ClassVar[str] = "unipc"
     order: int = 3
@@ -271,28 +241,23 @@ class UniPC(Sampler):
 
     def validate(self, schedule: Schedule, num_steps: int) -> None:
         super().validate(schedule, num_steps)
-        _validate_multistep(self.name, self.order, 3, num_steps, self.lower_order_final)
+        validate_multistep(self.name, self.order, 3, num_steps, self.lower_order_final)
         if self.variant not in UNIPC_VARIANTS:
             raise ValueError(
                 f"{self.name}: unknown `variant` {self.variant!r}; valid: {list(UNIPC_VARIANTS)}"
             )
 
-    def init(self, den, z, grid) -> Carry:
-        k = self.order
+    def init_aux(self, ev, z, grid) -> History:
         t0 = grid[0]
-        x0 = den.x0(z, t0)
-        hist = jnp.zeros((k,) + z.shape, z.dtype).at[0].set(x0)
-        hist_lam = jnp.zeros((k,), grid.dtype).at[0].set(half_lambda(den.schedule, t0))
-        return {"z": z, "nfe": jnp.ones((), jnp.int32), "hist": hist, "hist_lam": hist_lam}
+        hist = history_init(self.order, z, grid.dtype)
+        return history_push(hist, ev.x0(z, t0), half_lambda(ev.schedule, t0))
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        z, hist, hist_lam = carry["z"], carry["hist"], carry["hist_lam"]
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        z, (hist, hist_lam) = carry.z, carry.aux
         x0 = hist[0]
         lam = hist_lam[0]
-        order_i = _step_order(
-            self.order, i, num_steps, _lower_final_active(self.lower_order_final, num_steps)
-        )
+        order_i = multistep_order(self.order, i, num_steps, self.lower_order_final)
         last = i == num_steps - 1
 
         def full(_):
@@ -328,23 +293,21 @@ class UniPC(Sampler):
                 return f
 
             def correct(_):
-                x0_new = den.x0(z_pred, t_next)
+                x0_new = ev.x0(z_pred, t_next)
                 z_c = jax.lax.switch(order_i - 1, [corrector(p) for p in range(1, self.order + 1)], x0_new)
-                return z_c, x0_new, jnp.int32(1)
+                return z_c, x0_new
 
             def keep(_):
-                return z_pred, jnp.zeros_like(z), jnp.int32(0)
+                return z_pred, jnp.zeros_like(z)
 
-            return jax.lax.cond(last, keep, correct, None)
+            return ev.cond(last, keep, correct, None)
 
         def to_zero(_):
-            return s.alpha(t_next) * x0, jnp.zeros_like(z), jnp.int32(0)
+            return s.alpha(t_next) * x0, jnp.zeros_like(z)
 
-        z_next, x0_new, n = jax.lax.cond(is_zero_sigma(s, t_next), to_zero, full, None)
+        z_next, x0_new = ev.cond(is_zero_sigma(s, t_next), to_zero, full, None)
         # The new evaluation becomes the most recent history entry (unused after the last step).
-        hist = _push(hist, x0_new)
-        hist_lam = _push(hist_lam, half_lambda(s, t_next))
-        return {**carry, "z": z_next, "nfe": carry["nfe"] + n, "hist": hist, "hist_lam": hist_lam}
+        return z_next, history_push(carry.aux, x0_new, half_lambda(s, t_next))
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps
@@ -391,7 +354,7 @@ class IPNDM(Sampler):
     NFE: N. The step to sigma = 0 is regular here (rho = 0).
     """
 
-    needs_alpha: ClassVar[bool] = True  # logSNR coordinates (see Sampler.needs_alpha)
+    needs_alpha = True  # logSNR coordinates (see Sampler.needs_alpha)
 
     name: ClassVar[str] = "ipndm"
     order: int = 4
@@ -401,15 +364,16 @@ class IPNDM(Sampler):
         if not isinstance(self.order, int) or not 1 <= self.order <= 4:
             raise ValueError(f"{self.name}: `order` must be an integer in 1..4, got {self.order!r}")
 
-    def init(self, den, z, grid) -> Carry:
-        return {"z": z, "nfe": jnp.zeros((), jnp.int32), "hist": jnp.zeros((self.order,) + z.shape, z.dtype)}
+    def init_aux(self, ev, z, grid) -> History:
+        return history_init(self.order, z, grid.dtype)
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        s = den.schedule
-        z = carry["z"]
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        s = ev.schedule
+        z = carry.z
         a_c, a_n = s.alpha(t_cur), s.alpha(t_next)
-        eps = den.eps(z, t_cur)
-        hist = _push(carry["hist"], eps)
+        eps = ev.eps(z, t_cur)
+        aux = history_push(carry.aux, eps, s.sigma(t_cur) / a_c)
+        hist = aux.values
         order_i = jnp.minimum(self.order, i + 1).astype(jnp.int32)
 
         def combo(k):
@@ -418,7 +382,7 @@ class IPNDM(Sampler):
         d = jax.lax.switch(order_i - 1, [combo(k) for k in range(1, self.order + 1)], None)
         drho = s.sigma(t_next) / a_n - s.sigma(t_cur) / a_c
         z_next = a_n * (z / a_c + drho * d)
-        return {**carry, "z": z_next, "nfe": carry["nfe"] + 1, "hist": hist}
+        return z_next, aux
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps

@@ -17,10 +17,10 @@ Conventions (documented once, shared by all samplers here):
     Song et al. 2021's "noise removal"): the last step returns the mean of its transition.
   * Randomness comes only from the per-step keys `fold_in(sample_key, step)` handed over by `run`;
     a sampler that needs several draws in one step splits that key by `fold_in(key, j)`.
-  * Schedules the sampler cannot handle raise ValueError in `validate` (schedule's own t_max) and,
-    when `run` is called with a concrete grid, in `check_grid` (every grid time), before compiling.
+  * Grids the sampler cannot handle raise ValueError in `check_grid` (every grid time where a step
+    starts), before compiling; with a traced grid, `check_traced_grid` checks the schedule's t_max.
   * NFE: `nfe(N, final_zero)` (the `base.Sampler` interface; final_zero = the last grid time has
-    sigma = 0) equals the count the run keeps in `carry['nfe']`. Only EDM's sampler depends on it.
+    sigma = 0) equals the count the run keeps in `Carry.nfe` (counted by `base.Evaluator`). Only EDM's sampler depends on it.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.predictions import Denoiser, bcast
-from diffusion_jax.samplers.base import ALPHA_EPS, Carry, Sampler, noise_like
-from diffusion_jax.samplers.multistep import LOWER_ORDER_FINAL, _lower_final_active, _step_order
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.samplers.base import (
+    ALPHA_EPS,
+    LOWER_ORDER_FINAL,
+    Carry,
+    Sampler,
+    multistep_order,
+    noise_like,
+)
 
 Array = jax.Array
 
@@ -65,28 +70,31 @@ def _noise(keys: Array | None, z: Array, tag: int | None = None) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class StochasticSampler(Sampler):
-    """Base for the samplers in this module: stochastic, with schedule / grid checks.
+    """Base for the samplers in this module: stochastic, with grid checks.
 
-    Class attributes:
-      needs_alpha: the update divides by alpha(t_cur) (sigma~ coordinates, SDE drift alpha'/alpha,
-        or logSNR), so alpha must be > 0 at every time a step starts from.
+    Flags:
+      needs_alpha (True unless a subclass says otherwise): the update divides by alpha(t_cur)
+        (sigma~ coordinates, SDE drift alpha'/alpha, or logSNR), so alpha must be > 0 at every time a
+        step starts from: checked on the GRID (`check_grid`), so a rectified-flow model runs with a
+        grid starting below t = 1 (e.g. t_max=0.999). Under jit with a traced grid, the schedule's own
+        t_max stands in for grid[0] (`check_traced_grid`).
       multistep: the carry keeps a history of earlier steps (RePaint-style jumps cannot reuse it).
     """
 
     stochastic: ClassVar[bool] = True
-    needs_alpha: ClassVar[bool] = True
+    needs_alpha = True
     multistep: ClassVar[bool] = False
 
-    def validate(self, schedule: Schedule, num_steps: int) -> None:
-        super().validate(schedule, num_steps)
+    def check_traced_grid(self, denoiser: Denoiser) -> None:
+        """Traced grid (values unknown before compiling): refuse if the schedule's t_max has alpha ~ 0."""
+        sch = denoiser.schedule
         if self.needs_alpha:
-            with jax.ensure_compile_time_eval():
-                a = float(schedule.alpha(np.float64(schedule.t_max)))
+            a = float(sch.alpha(np.float64(sch.t_max)))
             if not a > ALPHA_EPS:
                 raise ValueError(
-                    f"{self.name}: needs alpha(t) > 0 where a step starts, but {schedule.name} has "
-                    f"alpha(t_max={schedule.t_max}) = {a}; use a smaller t_max (e.g. VPCosine's default "
-                    "0.999) or a sampler without this requirement (ddpm, ddim_eta)"
+                    f"{self.name}: needs alpha(t) > 0 where a step starts, but {sch.name} has "
+                    f"alpha(t_max={sch.t_max}) = {a} and the grid is traced (not checkable); pass a concrete "
+                    "grid starting below t = 1 (grid t_max=0.999) or use ddpm / ddim_eta"
                 )
 
     def check_grid(self, denoiser: Denoiser, grid: np.ndarray) -> None:
@@ -108,7 +116,8 @@ class StochasticSampler(Sampler):
             why = "this sampler" if self.needs_alpha else f"a {denoiser.kind!r}-prediction denoiser"
             raise ValueError(
                 f"{self.name}: {why} needs alpha(t) > 0 where a step starts; grid times "
-                f"{starts[alp <= ALPHA_EPS]} have alpha ~ 0 under {sch.name} (start the grid below t = 1)"
+                f"{starts[alp <= ALPHA_EPS]} have alpha ~ 0 under {sch.name}. Start the grid below t = 1 "
+                "(grid t_max=0.999)" + ("" if self.needs_alpha else " or use an x0 / v / velocity model")
             )
 
 
@@ -129,16 +138,16 @@ class EulerMaruyama(StochasticSampler):
 
     name: ClassVar[str] = "euler_maruyama"
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        _, eps = denoiser.x0_eps(z, t_cur)
-        f, g2 = denoiser.schedule.sde(t_cur)
-        score = -eps / denoiser.schedule.sigma(t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        _, eps = ev.x0_eps(z, t_cur)
+        f, g2 = ev.schedule.sde(t_cur)
+        score = -eps / ev.schedule.sigma(t_cur)
         dt = t_cur - t_next
         mean = z - (f * z - g2 * score) * dt
         n = _noise(keys, z)
         z = mean + _final_mask(i, num_steps, z.dtype) * jnp.sqrt(g2 * dt) * n
-        return {"z": z, "nfe": carry["nfe"] + 1}
+        return z, ()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -160,7 +169,7 @@ class DDPMAncestral(StochasticSampler):
     """
 
     name: ClassVar[str] = "ddpm"
-    needs_alpha: ClassVar[bool] = False
+    needs_alpha = False
     variance: str = "small"
 
     def validate(self, schedule, num_steps):
@@ -168,10 +177,10 @@ class DDPMAncestral(StochasticSampler):
         if self.variance not in VARIANCES:
             raise ValueError(f"{self.name}: unknown variance {self.variance!r}; valid: {list(VARIANCES)}")
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        sch = denoiser.schedule
-        x0, _ = denoiser.x0_eps(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        sch = ev.schedule
+        x0, _ = ev.x0_eps(z, t_cur)
         a_t, s_t, a_s, s_s = sch.alpha(t_cur), sch.sigma(t_cur), sch.alpha(t_next), sch.sigma(t_next)
         omr = _one_minus_r(sch.logsnr(t_cur), sch.logsnr(t_next))
         mean = a_t * s_s**2 / (a_s * s_t**2) * z + a_s * omr * x0
@@ -180,7 +189,7 @@ class DDPMAncestral(StochasticSampler):
         else:
             std = s_t * jnp.sqrt(omr)  # sigma_{t|s}^2 = s_t^2 - (a_t/a_s)^2 s_s^2 = s_t^2 (1 - r)
         z = mean + _final_mask(i, num_steps, z.dtype) * std * _noise(keys, z)
-        return {"z": z, "nfe": carry["nfe"] + 1}
+        return z, ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +203,7 @@ class DDIMStochastic(StochasticSampler):
     """
 
     name: ClassVar[str] = "ddim_eta"
-    needs_alpha: ClassVar[bool] = False
+    needs_alpha = False
     eta: float = 1.0
 
     def validate(self, schedule, num_steps):
@@ -202,17 +211,17 @@ class DDIMStochastic(StochasticSampler):
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"{self.name}: eta must be in [0, 1], got {self.eta}")
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        sch = denoiser.schedule
-        x0, eps = denoiser.x0_eps(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        sch = ev.schedule
+        x0, eps = ev.x0_eps(z, t_cur)
         a_s, s_s = sch.alpha(t_next), sch.sigma(t_next)
         omr = _one_minus_r(sch.logsnr(t_cur), sch.logsnr(t_next))
         sig_eta = self.eta * s_s * jnp.sqrt(omr)
         # s_s^2 - sigma_eta^2 = s_s^2 (1 - eta^2 (1 - r)) >= 0 for eta <= 1.
         c_eps = s_s * jnp.sqrt(1.0 - self.eta**2 * omr)
         z = a_s * x0 + c_eps * eps + _final_mask(i, num_steps, z.dtype) * sig_eta * _noise(keys, z)
-        return {"z": z, "nfe": carry["nfe"] + 1}
+        return z, ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,10 +244,10 @@ class EulerAncestral(StochasticSampler):
         if self.eta < 0 or self.s_noise < 0:
             raise ValueError(f"{self.name}: eta and s_noise must be >= 0, got {self.eta}, {self.s_noise}")
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        sch = denoiser.schedule
-        x0, _ = denoiser.x0_eps(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        sch = ev.schedule
+        x0, _ = ev.x0_eps(z, t_cur)
         a_t, a_s = sch.alpha(t_cur), sch.alpha(t_next)
         st_t, st_s = sch.sigma(t_cur) / a_t, sch.sigma(t_next) / a_s
         omr = _one_minus_r(sch.logsnr(t_cur), sch.logsnr(t_next))
@@ -248,7 +257,7 @@ class EulerAncestral(StochasticSampler):
         d = (xt - x0) / st_t
         xs = xt + (sig_down - st_t) * d
         xs = xs + _final_mask(i, num_steps, z.dtype) * self.s_noise * sig_up * _noise(keys, z)
-        return {"z": a_s * xs, "nfe": carry["nfe"] + 1}
+        return a_s * xs, ()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -289,9 +298,9 @@ class EDMStochastic(StochasticSampler):
     def nfe(self, num_steps, final_zero=False):
         return 2 * num_steps - (1 if final_zero else 0)
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        sch = denoiser.schedule
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        sch = ev.schedule
         a_t, a_s = sch.alpha(t_cur), sch.alpha(t_next)
         st_t, st_s = sch.sigma(t_cur) / a_t, sch.sigma(t_next) / a_s
         gamma = jnp.where(
@@ -307,7 +316,7 @@ class EDMStochastic(StochasticSampler):
         x_hat = z / a_t + st_t * jnp.sqrt(gamma * (2.0 + gamma)) * self.s_noise * _noise(keys, z)
 
         def x0_of(x, t, a):
-            return denoiser.x0(a * x, t)
+            return ev.x0(a * x, t)
 
         d = (x_hat - x0_of(x_hat, t_hat, a_hat)) / st_hat
         x_next = x_hat + (st_s - st_hat) * d
@@ -317,9 +326,8 @@ class EDMStochastic(StochasticSampler):
             return x_hat + (st_s - st_hat) * 0.5 * (d + d2)
 
         # The grid time is shared by the whole batch, so this is a real branch (no wasted NFE).
-        do_heun = st_s > 0
-        x_next = jax.lax.cond(do_heun, heun, lambda x: x, x_next)
-        return {"z": a_s * x_next, "nfe": carry["nfe"] + 1 + do_heun.astype(jnp.int32)}
+        x_next = ev.cond(st_s > 0, heun, lambda x: x, x_next)
+        return a_s * x_next, ()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -375,19 +383,19 @@ class _DPMppSDE(StochasticSampler):
                 f"valid: {list(LOWER_ORDER_FINAL)}"
             )
 
-    def init(self, denoiser, z, grid):
+    def init_aux(self, ev, z, grid):
+        """The last two x0-hat's (x1, x2) and half-logSNR steps (h1, h2), most recent first."""
         zero = jnp.zeros((), grid.dtype)
-        return {"z": z, "nfe": jnp.zeros((), jnp.int32), "x1": jnp.zeros_like(z), "x2": jnp.zeros_like(z),
-                "h1": zero, "h2": zero}  # fmt: skip
+        return {"x1": jnp.zeros_like(z), "x2": jnp.zeros_like(z), "h1": zero, "h2": zero}
 
     def _correction(self, carry, x0, h, order_i, phis) -> Array:
         """a_s-free higher-order term C of a step of order `order_i` (traced int32; C = 0 at order 1)."""
         raise NotImplementedError
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        sch = denoiser.schedule
-        x0, _ = denoiser.x0_eps(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        sch = ev.schedule
+        x0, _ = ev.x0_eps(z, t_cur)
         s_t, a_s, s_s = sch.sigma(t_cur), sch.alpha(t_next), sch.sigma(t_next)
         lam_t, lam_s = sch.logsnr(t_cur), sch.logsnr(t_next)
         final_zero = s_s == 0
@@ -395,17 +403,15 @@ class _DPMppSDE(StochasticSampler):
         h = jnp.where(final_zero, 1.0, 0.5 * (lam_s - lam_t))
         k = 1.0 + self.eta
         phis = _phi(k, h)
-        order_i = _step_order(
-            self.order, i, num_steps, _lower_final_active(self.lower_order_final, num_steps)
-        )
+        order_i = multistep_order(self.order, i, num_steps, self.lower_order_final)
         # First-order SDE-DPM-Solver++ (exact for constant x0-hat): noise fraction eta.
         z_new = (s_s / s_t) * jnp.exp(-self.eta * h) * z + a_s * (
-            phis[0] * x0 + self._correction(carry, x0, h, order_i, phis)
+            phis[0] * x0 + self._correction(carry.aux, x0, h, order_i, phis)
         )
         std = s_s * jnp.sqrt(-jnp.expm1(-2.0 * self.eta * h)) * self.s_noise
         z_new = z_new + _final_mask(i, num_steps, z.dtype) * std * _noise(keys, z)
         z_new = jnp.where(final_zero, a_s * x0, z_new)
-        return {"z": z_new, "nfe": carry["nfe"] + 1, "x1": x0, "x2": carry["x1"], "h1": h, "h2": carry["h1"]}
+        return z_new, {"x1": x0, "x2": carry.aux["x1"], "h1": h, "h2": carry.aux["h1"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,23 +515,22 @@ class PredictorCorrector(StochasticSampler):
     def nfe(self, num_steps, final_zero=False):
         return num_steps * (1 + self.n_corrector)
 
-    def step(self, denoiser, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
         red = tuple(range(1, z.ndim))
-        sigma = denoiser.schedule.sigma(t_cur)
+        sigma = ev.schedule.sigma(t_cur)
 
         def corrector(j, z):
-            score = -denoiser.eps(z, t_cur) / sigma
+            score = -ev.eps(z, t_cur) / sigma
             n = _noise(keys, z, tag=1 + j)
             g_norm = jnp.sqrt(jnp.sum(score**2, axis=red))
             n_norm = jnp.sqrt(jnp.sum(n**2, axis=red))
             step = bcast(2.0 * (self.snr * n_norm / g_norm) ** 2, z)
             return z + step * score + jnp.sqrt(2.0 * step) * n
 
-        z = jax.lax.fori_loop(0, self.n_corrector, corrector, z)
+        z = ev.fori_loop(0, self.n_corrector, corrector, z)
         pk = None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-        out = self._pred().step(denoiser, {"z": z, "nfe": carry["nfe"]}, t_cur, t_next, i, pk, num_steps)
-        return {"z": out["z"], "nfe": out["nfe"] + self.n_corrector}
+        return self._pred().update(ev, carry.replace(z=z), t_cur, t_next, i, pk, num_steps)
 
 
 # -------------------------------------------------------------------------------------------------
