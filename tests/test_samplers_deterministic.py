@@ -276,7 +276,7 @@ def test_registry_listing_and_errors():
     assert registry.list_samplers("adaptive") == ["dopri5", "tsit5"]
     from diffusion_jax.samplers import stochastic
 
-    assert registry.list_samplers("stochastic") == sorted(stochastic.SAMPLERS)
+    assert set(stochastic.SAMPLERS) <= set(registry.list_samplers("stochastic"))
     assert all(registry.sampler_class(n).name == n for n in names)
     assert set(registry.list_samplers("multistep")) == set(registry.MULTISTEP)
     assert "karras" in registry.list_grids()

@@ -149,11 +149,93 @@ def _leading(n, sched, t_min, t_max, num_train_steps=None, **kw):
     return steps / T
 
 
+def _simple(n, sched, t_min, t_max, num_train_steps=None, **kw):
+    """ComfyUI's 'simple' schedule: every (T / S)-th of the T training timesteps from the top,
+    n_k = T - floor(k T / S), k = 0..S-1 (S = N+1 timesteps), as times n / T."""
+    T = _train_steps(sched, num_train_steps)
+    S = _check_spacing("simple", n, T)
+    return (T - np.floor(np.arange(S) * (T / S))) / T
+
+
 def _trailing(n, sched, t_min, t_max, num_train_steps=None, **kw):
     T = _train_steps(sched, num_train_steps)
     S = _check_spacing("trailing", n, T)
     steps = np.round(T - np.arange(S) * (T / S))
     return steps / T
+
+
+def _polyexponential(n, sched, t_min, t_max, rho=1.0, **kw):
+    """k-diffusion's `get_sigmas_polyexponential`: log sigma~ = log s_min + (1 - u)^rho (log s_max -
+    log s_min), u uniform in [0, 1]; rho = 1 is uniform in log sigma~ (= 'logsnr')."""
+    if rho <= 0:
+        raise ValueError(f"grid 'polyexponential': `rho` must be > 0, got {rho}")
+    s_max, s_min = _sigma_tilde(sched, t_max), _sigma_tilde(sched, t_min)
+    _check_sigma_range("polyexponential", s_max, s_min, t_max, t_min)
+    ramp = np.linspace(1.0, 0.0, n + 1) ** rho
+    t = _t_from_sigma_tilde(sched, np.exp(np.log(s_min) + ramp * (np.log(s_max) - np.log(s_min))))
+    t[0], t[-1] = t_max, t_min
+    return t
+
+
+def _check_sigma_range(name, s_max, s_min, t_max, t_min):
+    if not (np.isfinite(s_max) and s_max > 0 and s_min > 0):
+        raise ValueError(
+            f"grid {name!r}: sigma/alpha must be finite and > 0 at both endpoints, got sigma~(t_max={t_max})"
+            f"={s_max}, sigma~(t_min={t_min})={s_min}; pass t_min > 0 / t_max < the schedule's pure-noise end "
+            "(e.g. t_max=0.999)"
+        )
+
+
+def _sgm_uniform(n, sched, t_min, t_max, **kw):
+    """Uniform in t over N+1 of N+2 equally spaced times from t_max to t_min: the last one is dropped,
+    as in the score-SDE (SGM) samplers' time grid (Song et al. 2021) that ComfyUI calls 'sgm_uniform';
+    with final_zero=True the last step then goes to t = 0."""
+    return np.linspace(t_max, t_min, n + 2)[:-1]
+
+
+def _beta(n, sched, t_min, t_max, alpha=0.6, beta=0.6, **kw):
+    """Times at the quantiles of a Beta(alpha, beta) law (Lee et al. 2024, "Beta Sampling is All You
+    Need", sec. 4; alpha = beta = 0.6 in their experiments): t_k = t_min + (t_max - t_min)
+    F^{-1}(1 - k/N), which concentrates steps at both ends of the trajectory."""
+    from scipy import stats
+
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"grid 'beta': `alpha` and `beta` must be > 0, got {alpha}, {beta}")
+    q = stats.beta.ppf(1.0 - np.arange(n + 1) / n, alpha, beta)
+    t = t_min + (t_max - t_min) * q
+    t[0], t[-1] = t_max, t_min
+    return t
+
+
+# Align Your Steps (Sabour, Fidler & Kreis 2024, "Align Your Steps: Optimizing Sampling Schedules in
+# Diffusion Models", Table 3; also https://research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html):
+# optimised 10-step noise levels sigma~(t_10) > ... > sigma~(t_0), in the EDM / k-diffusion sigma units.
+AYS_SIGMAS = {
+    "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+    "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+}
+
+
+def ays_sigmas(model: str, num_steps: int) -> np.ndarray:
+    """[N+1] AYS noise levels for N steps: the published 10-step table, interpolated linearly in
+    log sigma~ over an equally spaced index (the authors' recipe for other step counts)."""
+    if model not in AYS_SIGMAS:
+        raise ValueError(f"grid 'ays': unknown `model` {model!r}; valid: {sorted(AYS_SIGMAS)}")
+    table = np.log(np.asarray(AYS_SIGMAS[model], np.float64))
+    xs = np.linspace(0.0, 1.0, table.shape[0])
+    return np.exp(np.interp(np.linspace(0.0, 1.0, num_steps + 1), xs, table))
+
+
+def _ays(n, sched, t_min, t_max, model="sd15", **kw):
+    s = ays_sigmas(model, n)
+    t = _t_from_sigma_tilde(sched, s)
+    if not (np.all(np.isfinite(t)) and t[0] <= 1.0 + 1e-9 and t[-1] >= 0.0):
+        raise ValueError(
+            f"grid 'ays': the {model!r} table's sigma~ range [{s[-1]}, {s[0]}] is outside what "
+            f"{sched.name} reaches on t in [0, 1]; use a schedule that reaches it or another grid"
+        )
+    return np.clip(t, 0.0, 1.0)
 
 
 GridFn = Callable[..., np.ndarray]
@@ -168,9 +250,15 @@ GRIDS: dict[str, GridFn] = {
     "linspace": _linspace,
     "leading": _leading,
     "trailing": _trailing,
+    "polyexponential": _polyexponential,
+    "sgm_uniform": _sgm_uniform,
+    "simple": _simple,
+    "beta": _beta,
+    "ays": _ays,
 }
 
-_SPACINGS = ("linspace", "leading", "trailing")
+_SPACINGS = ("linspace", "leading", "trailing", "simple")
+_FIXED_ENDPOINTS = (*_SPACINGS, "ays")
 # Extra keyword arguments each grid accepts (validated so a typo fails loudly).
 _GRID_KWARGS = {
     "karras": ("rho",),
@@ -179,6 +267,10 @@ _GRID_KWARGS = {
     "linspace": ("num_train_steps",),
     "leading": ("num_train_steps",),
     "trailing": ("num_train_steps",),
+    "simple": ("num_train_steps",),
+    "polyexponential": ("rho",),
+    "beta": ("alpha", "beta"),
+    "ays": ("model",),
 }
 
 
@@ -269,11 +361,11 @@ def make_grid(
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise ValueError(f"grid {name!r} got unknown option(s) {unknown}; valid options: {list(allowed)}")
-    if name in _SPACINGS:
+    if name in _FIXED_ENDPOINTS:
         if t_min is not None or t_max is not None:
             raise ValueError(
-                f"grid {name!r}: t_min / t_max are fixed by the discrete spacing (times n / T); "
-                "use 'uniform' or another continuous grid to choose endpoints"
+                f"grid {name!r}: t_min / t_max are fixed by the grid (discrete spacing n / T or published "
+                "table); use 'uniform' or another continuous grid to choose endpoints"
             )
         t = GRIDS[name](int(num_steps), schedule, None, None, **kw)
     else:

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffusion_jax.samplers import adaptive, deterministic, multistep
+from diffusion_jax.samplers import (
+    adaptive,
+    ancestral,
+    deterministic,
+    lms,
+    multistep,
+    names,
+    restart,
+    stochastic,
+)
 from diffusion_jax.samplers.base import Sampler
 from diffusion_jax.samplers.grids import GRIDS, list_grids, make_grid, register_grid, unregister_grid
 
@@ -39,6 +48,8 @@ MULTISTEP: dict[str, type[Sampler]] = {
     "unipc_bh1": multistep.UniPCBH1,
     "unipc_bh2": multistep.UniPCBH2,
     "ipndm": multistep.IPNDM,
+    "ipndm_v": lms.IPNDMV,
+    "lms": lms.LMS,
 }
 
 ADAPTIVE: dict[str, type[Sampler]] = {
@@ -48,11 +59,12 @@ ADAPTIVE: dict[str, type[Sampler]] = {
 
 
 def _stochastic() -> dict[str, type[Sampler]]:
-    # Imported here, not at module level: `stochastic.py` is owned and evolved separately, and its own
-    # explicit `SAMPLERS` dict is the listing of its samplers.
-    from diffusion_jax.samplers import stochastic
-
-    return dict(stochastic.SAMPLERS)
+    return {
+        **stochastic.SAMPLERS,
+        "dpmpp_2s_ancestral": ancestral.DPMpp2SAncestral,
+        "dpmpp_sde": ancestral.DPMppSDE,
+        "restart": restart.Restart,
+    }
 
 
 # Samplers added at run time by `register_sampler`: name -> (class, family). Explicit calls only.
@@ -126,18 +138,24 @@ def list_samplers(family: str | None = None) -> list[str]:
     return names if family is None else [n for n in names if _family(n) == family]
 
 
+def resolve_alias(name: str) -> tuple[str, str | None]:
+    """(sampler name, grid name or None) for any name users type: a registry name, an alias from
+    other tools ("euler_a", "k_lms", "DPM++ 2S a") or a sampler + grid combination ("dpmpp_2m_karras",
+    "DPM++ 2M Karras" -> ("dpmpp_2m", "karras")). ValueError listing the valid names otherwise."""
+    return names.resolve(name, _all(), list_grids())
+
+
 def sampler_class(name: str) -> type[Sampler]:
-    """The class registered under `name`; ValueError listing the valid names otherwise."""
-    table = _all()
-    if name not in table:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {sorted(table)}")
-    return table[name]
+    """The class registered under `name` (or an alias, see `resolve_alias`); ValueError listing the
+    valid names otherwise."""
+    return _all()[resolve_alias(name)[0]]
 
 
 def get_sampler(name: str, **kwargs) -> Sampler:
     """Build the sampler `name` with its hyperparameters, e.g. `get_sampler('unipc', order=2)`.
 
-    Raises ValueError listing the valid names, or the valid fields of the chosen sampler.
+    `name` may be an alias (see `resolve_alias`; the grid part of a combined alias is read with
+    `resolve_alias`). Raises ValueError listing the valid names, or the valid fields of the sampler.
     """
     cls = sampler_class(name)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -145,6 +163,40 @@ def get_sampler(name: str, **kwargs) -> Sampler:
     if unknown:
         raise ValueError(f"sampler {name!r} got unknown option(s) {unknown}; valid options: {sorted(fields)}")
     return cls(**kwargs)
+
+
+def _first_sentence(doc: str | None) -> str:
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text.split(". ")[0].rstrip(".") if text else ""
+
+
+def describe_samplers() -> list[str]:
+    """One whole line per sampler (built-in and registered): name, family, order, NFE rule for N
+    steps and what it is. Registered classes may set `order_desc` / `nfe_desc` class attributes."""
+    lines = []
+    for name, cls in sorted(_all().items()):
+        order, nfe, what = names.SAMPLER_FACTS.get(
+            name,
+            (getattr(cls, "order_desc", "?"), getattr(cls, "nfe_desc", "?"), _first_sentence(cls.__doc__)),
+        )
+        noise = "stochastic" if cls.stochastic else "deterministic"
+        lines.append(f"{name:<20} {_family(name):<13} {noise:<13} order {order:<12} NFE {nfe:<26} {what}")
+    return lines
+
+
+def describe_grids() -> list[str]:
+    """One whole line per grid (built-in and registered): name, options, what it is; every grid
+    takes N steps (final_zero=True adds one step to t = 0)."""
+    from diffusion_jax.samplers import grids as g
+
+    opts = {**g._GRID_KWARGS, **g._USER_GRID_KWARGS}
+    table = g._grid_table()
+    lines = []
+    for name in list_grids():
+        what = names.GRID_FACTS.get(name) or _first_sentence(table[name].__doc__) or "user grid"
+        options = ", ".join(opts.get(name, ())) or "-"
+        lines.append(f"{name:<16} options: {options:<22} {what}")
+    return lines
 
 
 def sampler_info() -> dict[str, dict]:
@@ -167,12 +219,15 @@ __all__ = [
     "FAMILIES",
     "GRIDS",
     "MULTISTEP",
+    "describe_grids",
+    "describe_samplers",
     "get_sampler",
     "list_grids",
     "list_samplers",
     "make_grid",
     "register_grid",
     "register_sampler",
+    "resolve_alias",
     "sampler_class",
     "sampler_info",
     "unregister_grid",

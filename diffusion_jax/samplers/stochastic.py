@@ -347,8 +347,9 @@ def _phi(k: float, h: Array) -> tuple[Array, Array, Array]:
     # Small kh: the closed forms cancel (I2 ~ k h^3 / 3 from terms ~ h); use the series
     # I_n = k n! h^{n+1} sum_m (-kh)^m / (n+m+1)!, 12 terms (relative error < 1e-15 for kh < 0.5).
     x = -k * h
-    s1 = sum(x**m / math.factorial(m + 2) for m in range(12))
-    s2 = sum(x**m / math.factorial(m + 3) for m in range(12))
+    # float(...): 13! and 14! overflow int32, the weak-typed Python int of a float32 run.
+    s1 = sum(x**m / float(math.factorial(m + 2)) for m in range(12))
+    s2 = sum(x**m / float(math.factorial(m + 3)) for m in range(12))
     small = k * h < 0.5
     i1 = jnp.where(small, k * h**2 * s1, i1)
     i2 = jnp.where(small, 2.0 * k * h**3 * s2, i2)
