@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from diffusion_jax import analytic, schedules
+from diffusion_jax.samplers import base, registry
 from diffusion_jax.samplers import deterministic as det
-from diffusion_jax.samplers import registry
 
 
 @pytest.fixture
@@ -93,3 +93,54 @@ def test_register_sampler(clean_registry):
     registry.unregister_sampler("my_midpoint")
     with pytest.raises(ValueError, match="valid samplers: .*'euler'"):
         registry.get_sampler("my_midpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class _AB2Velocity(base.Sampler):
+    """A sampler written outside the package on the public contract only: variable-step two-step
+    Adams-Bashforth (Hairer et al., "Solving ODEs I", III.1) on dz/dt = velocity-hat(z, t):
+        z' = z + h (1 + h / (2 h1)) v_0 - h^2 / (2 h1) v_1,   h = t' - t, h1 = t - t_prev
+    (Euler on the first step). NFE: N, counted by the base class."""
+
+    name: ClassVar[str] = "ab2_velocity"
+
+    def init_aux(self, ev, z, grid):
+        return base.history_init(2, z, grid.dtype)
+
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        hist = base.history_push(carry.aux, ev.velocity(carry.z, t_cur), t_cur)
+        h = t_next - t_cur
+        h1 = jnp.where(i > 0, t_cur - hist.times[1], 1.0)
+        two = carry.z + h * (1 + h / (2 * h1)) * hist.values[0] - h**2 / (2 * h1) * hist.values[1]
+        order = base.multistep_order(2, i, num_steps)
+        return jnp.where(order == 2, two, carry.z + h * hist.values[0]), hist
+
+
+def test_out_of_tree_sampler_on_the_public_contract(clean_registry):
+    """One class, public names only: registered, run, NFE counted by the base class, second order
+    against the exact Gaussian flow; the in-package LMS / DPM++ SDE / Restart use no private name."""
+    import ast
+    import pathlib
+
+    registry.register_sampler("ab2_velocity", _AB2Velocity)
+    gauss = analytic.Gaussian.isotropic(jnp.array([0.5, -1.0]), 0.7)
+    sch = schedules.RectifiedFlow()
+    den = gauss.denoiser(sch, "velocity")
+    z = jnp.array([[0.3, -1.2], [1.5, 0.2]])
+    errs = []
+    for n in (32, 64):
+        grid = registry.make_grid("uniform", n, sch, t_min=1e-3)
+        out = registry.get_sampler("ab2_velocity").run(den, z, grid)
+        assert int(out.nfe) == n
+        a0, s0, a1, s1 = sch.alpha(grid[0]), sch.sigma(grid[0]), sch.alpha(grid[-1]), sch.sigma(grid[-1])
+        scale = jnp.sqrt((a1**2 * 0.49 + s1**2) / (a0**2 * 0.49 + s0**2))
+        ref = a1 * gauss.mean + scale * (z - a0 * gauss.mean)
+        errs.append(float(jnp.max(jnp.abs(out.samples - ref))))
+    assert 1.6 < np.log2(errs[0] / errs[1]) < 2.4, errs
+    pkg = pathlib.Path(base.__file__).parent
+    for mod in ("lms.py", "ancestral.py", "restart.py"):
+        tree = ast.parse((pkg / mod).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diffusion_jax"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (mod, node.module, private)

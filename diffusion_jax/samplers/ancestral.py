@@ -22,7 +22,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import noise_like
+from diffusion_jax.samplers.base import step_noise
 from diffusion_jax.samplers.stochastic import StochasticSampler
 
 Array = jax.Array
@@ -42,12 +42,6 @@ def x0_at_sigma(ev, x: Array, s: Array) -> Array:
     sch = ev.schedule
     t = sch.t_from_logsnr(-2.0 * jnp.log(s)).astype(x.dtype)
     return ev.x0(sch.alpha(t) * x, t)
-
-
-def _draw(keys, z: Array, j: int) -> Array:
-    if keys is not None:
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys)
-    return noise_like(keys, z)
 
 
 def _sigma_tilde(sch, t):
@@ -95,7 +89,7 @@ class DPMpp2SAncestral(StochasticSampler):
 
         x = ev.cond(down > 0, two_stage, lambda x: d0 + 0.0 * x, x)
         mask = jnp.where(i == num_steps - 1, 0.0, 1.0).astype(x.dtype)
-        x = x + mask * self.s_noise * up * _draw(keys, x, 0)
+        x = x + mask * self.s_noise * up * step_noise(keys, x, 0)
         return a_n * x, ()
 
 
@@ -144,7 +138,7 @@ class DPMppSDE(StochasticSampler):
         def two_stage(x):
             st_n_safe = jnp.where(st_n > 0, st_n, st)  # (this branch only runs when st_n > 0)
             s = st * jnp.exp(self.r * (jnp.log(st_n_safe) - jnp.log(st)))
-            g1, g2 = _draw(keys, x, 1), _draw(keys, x, 2)
+            g1, g2 = step_noise(keys, x, 1), step_noise(keys, x, 2)
             n2 = (jnp.sqrt(st - s) * g1 + jnp.sqrt(s - st_n_safe) * g2) / jnp.sqrt(st - st_n_safe)
             d1, u1 = ancestral_split(st, s, self.eta)
             x2 = (d1 / st) * x - (d1 / st - 1.0) * d0 + self.s_noise * u1 * g1

@@ -233,6 +233,14 @@ def noise_like(keys: Array | None, z: Array) -> Array:
     return jax.vmap(lambda k: jax.random.normal(k, z.shape[1:], z.dtype))(keys)
 
 
+def step_noise(keys: Array | None, z: Array, j: int) -> Array:
+    """The j-th independent N(0, I) draw [B, ...] of a step: row b from fold_in(keys[b], j), where
+    `keys` are the step's per-sample keys (as handed to `update`)."""
+    if keys is not None:
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys)
+    return noise_like(keys, z)
+
+
 def step_keys(keys: Array | None, i) -> Array | None:
     """Per-step keys: fold_in(sample_key, step index) for every sample."""
     if keys is None:

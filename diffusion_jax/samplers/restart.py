@@ -21,7 +21,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.ancestral import _draw, x0_at_sigma
+from diffusion_jax.samplers.ancestral import x0_at_sigma
+from diffusion_jax.samplers.base import step_noise
 from diffusion_jax.samplers.stochastic import StochasticSampler
 
 Array = jax.Array
@@ -94,7 +95,7 @@ class Restart(StochasticSampler):
         sub = sub.at[0].set(hi).at[-1].set(s_lo)
 
         def one_restart(k, x):
-            x = x + self.s_noise * jnp.sqrt(hi**2 - s_lo**2) * _draw(keys, x, 1 + k)
+            x = x + self.s_noise * jnp.sqrt(hi**2 - s_lo**2) * step_noise(keys, x, 1 + k)
             return ev.fori_loop(0, n, lambda j, x: _heun(ev, x, sub[j], sub[j + 1]), x)
 
         return ev.fori_loop(0, self.restart_k, one_restart, x)
