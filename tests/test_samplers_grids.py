@@ -20,6 +20,7 @@ SCHEDULES = {
 def test_listing():
     assert list_grids() == sorted(
         ["uniform", "karras", "edm", "logsnr", "quadratic", "shifted", "linspace", "leading", "trailing"]
+        + ["polyexponential", "sgm_uniform", "simple", "beta", "ays"]
     )
 
 
@@ -118,7 +119,7 @@ def test_float32_default():
 @pytest.mark.parametrize(
     "args, kw, match",
     [
-        (("nope", 5), {}, "valid grids: \\['edm', 'karras'"),
+        (("nope", 5), {}, "valid grids: \\['ays', 'beta', 'edm', 'karras'"),
         (("karras", 0), {}, "num_steps"),
         (("karras", 5), {"shift": 2.0}, "valid options: \\['rho'\\]"),
         (("uniform", 5), {"rho": 7}, "unknown option"),

@@ -32,7 +32,7 @@ def test_ays_hits_the_published_table(x64):
     # On a VP path the grid's sigma~ are still the table's.
     vp = schedules.VPDiscrete()
     np.testing.assert_allclose(_sigma_tilde(vp, make_grid("ays", 10, vp)), AYS_SIGMAS["sd15"], rtol=1e-9)
-    with pytest.raises(ValueError, match="fixed by the grid"):
+    with pytest.raises(ValueError, match="fixed by the published table"):
         make_grid("ays", 10, vp, t_max=0.9)
 
 

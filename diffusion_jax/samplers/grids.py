@@ -363,9 +363,10 @@ def make_grid(
         raise ValueError(f"grid {name!r} got unknown option(s) {unknown}; valid options: {list(allowed)}")
     if name in _FIXED_ENDPOINTS:
         if t_min is not None or t_max is not None:
+            what = "the published table" if name == "ays" else "the discrete spacing (times n / T)"
             raise ValueError(
-                f"grid {name!r}: t_min / t_max are fixed by the grid (discrete spacing n / T or published "
-                "table); use 'uniform' or another continuous grid to choose endpoints"
+                f"grid {name!r}: t_min / t_max are fixed by {what}; use 'uniform' or another continuous "
+                "grid to choose endpoints"
             )
         t = GRIDS[name](int(num_steps), schedule, None, None, **kw)
     else:
