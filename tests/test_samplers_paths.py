@@ -3,7 +3,7 @@ float32 and float64, either runs finite or is refused by the pre-compile checks
 (`seeds.validate_sampling`: `validate` + `check_grid`) with a message that says what to change, and
 following that advice (grid t_max=0.999, or t_min > 0) then runs finite.
 
-Cheap by construction: an exact Gaussian-mixture denoiser, batch 2, 4 steps, and the runs execute
+Cheap by construction: an exact Gaussian-mixture denoiser, batch 2, 3 steps, and the runs execute
 under `jax.disable_jit()` (scan / cond run as Python loops over already-compiled primitives), so no
 (sampler, schedule, dtype) program is compiled."""
 
@@ -19,7 +19,7 @@ from diffusion_jax.samplers import registry
 from diffusion_jax.samplers.grids import make_grid
 from diffusion_jax.samplers.seeds import validate_sampling
 
-STEPS = 4
+STEPS = 3
 
 # family -> (schedule, natural grid, grid kwargs, prediction kind the family's models are trained with)
 FAMILIES = {
@@ -33,7 +33,7 @@ FAMILIES = {
     "shifted": (schedules.Shifted(base=schedules.RectifiedFlow(), shift=3.0), "shifted", {}, "velocity"),
 }
 # Adaptive solvers at loose tolerances: this test is about paths, not accuracy.
-OPTIONS = {"dopri5": {"rtol": 1e-3, "atol": 1e-3}, "tsit5": {"rtol": 1e-3, "atol": 1e-3}}
+OPTIONS = {"dopri5": {"rtol": 1e-2, "atol": 1e-2}, "tsit5": {"rtol": 1e-2, "atol": 1e-2}}
 
 
 def _advice(msg: str) -> dict:

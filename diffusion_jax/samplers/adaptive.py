@@ -82,6 +82,19 @@ class _Diffrax(Sampler):
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ValueError(f"{self.name}: max_steps must be a positive integer, got {self.max_steps!r}")
 
+    def check_grid(self, denoiser: Denoiser, grid) -> None:
+        """Refuse a grid whose last time has sigma = 0 (the pairs evaluate the field there) unless the
+        model predicts velocity, before compiling; then the base checks (eps / score at alpha = 0)."""
+        s_end = float(denoiser.schedule.sigma(jnp.asarray(grid[-1], jnp.result_type(float))))
+        # A velocity model's output is the ODE field itself, defined at sigma = 0 too (flow
+        # matching on [0, 1]); other kinds are converted through 1/sigma there.
+        if not s_end > 0 and denoiser.kind != "velocity":
+            raise ValueError(
+                f"{self.name}: the grid ends at t={grid[-1]} where sigma = 0; adaptive solvers evaluate the "
+                "field at the end point, so end the grid at t_min > 0 (e.g. t_min=0.001, final_zero=False)"
+            )
+        super().check_grid(denoiser, grid)
+
     def nfe(self, num_steps: int, final_zero: bool = False) -> int | None:
         """Not known before the solve (adaptive): read `SampleOutput.nfe`. Returns None."""
         return None
@@ -128,14 +141,7 @@ class _Diffrax(Sampler):
         g = _concrete(grid)
         if g is not None:
             with jax.ensure_compile_time_eval():
-                s_end = float(denoiser.schedule.sigma(jnp.asarray(g[-1], z.dtype)))
-            # A velocity model's output is the ODE field itself, defined at sigma = 0 too (flow
-            # matching on [0, 1]); other kinds are converted through 1/sigma there.
-            if not s_end > 0 and denoiser.kind != "velocity":
-                raise ValueError(
-                    f"{self.name}: the grid ends at t={g[-1]} where sigma = 0; adaptive solvers evaluate the "
-                    "field at the end point, so end the grid at t_min > 0 (final_zero=False)"
-                )
+                self.check_grid(denoiser, g)
         if self.per_sample:
 
             def one(zi):

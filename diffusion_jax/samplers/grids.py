@@ -34,9 +34,20 @@ Grids ('name': definition):
                    linspace: n_k = round(T - k (T-1)/(S-1))     e.g. T=1000, S=10: 1000, 889, ..., 1
                    leading:  n_k = 1 + (S-1-k) floor(T/S)        e.g. 901, 801, ..., 1
                    trailing: n_k = round(T - k T/S)              e.g. 1000, 900, ..., 100
+                   simple:   n_k = T - floor(k T/S)         (ComfyUI's "simple")
                  Their endpoints are fixed by the spacing (t_min / t_max are rejected). The paper's
                  "S-step" sampler that ends on clean data is make_grid(name, S-1, ..., final_zero=True):
                  S timesteps plus t = 0, S steps.
+  * 'polyexponential': log sigma~ = log s_min + (1 - u)^rho (log s_max - log s_min) (k-diffusion's
+                 polyexponential; rho = 1 is 'logsnr').
+  * 'sgm_uniform': uniform in t, N+1 of N+2 points (the last dropped; with final_zero the last step
+                 goes to 0), ComfyUI's name for the score-SDE samplers' grid.
+  * 'beta':      t at the quantiles of Beta(alpha, beta), default 0.6 / 0.6 (Lee et al. 2024, "Beta
+                 Sampling is All You Need").
+  * 'ays':       Align Your Steps (Sabour et al. 2024, Table 3): the published 10-step sigma~ tables for
+                 SD 1.5 / SDXL / SVD (`model`), log-linearly interpolated to N steps, mapped to t through
+                 the schedule's logSNR; endpoints fixed by the table.
+Grids added at run time: `register_grid(name, fn)` (explicit calls only).
 """
 
 from __future__ import annotations

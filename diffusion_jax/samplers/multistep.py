@@ -350,7 +350,10 @@ class IPNDM(Sampler):
     with the Runge-Kutta warm-up replaced by lower-order multistep steps:
         y' = y + (rho' - rho) sum_j c_j eps_{-j},   c = Adams-Bashforth coefficients of order
              min(order, i + 1) for equal steps: (1), (3, -1)/2, (23, -16, 5)/12, (55, -59, 37, -9)/24.
-    The equal-step coefficients are used on any grid, as in the paper. order <= 4 (default 4).
+    The equal-step coefficients are used on any grid, as in the paper, so the method is order 4 only
+    on grids with equal sigma~ steps: on a Karras grid it is second order (measured 2.1 in
+    tests/test_samplers_order.py); `ipndm_v` (lms.py) uses the variable-step coefficients and keeps
+    order 4. order <= 4 (default 4).
     NFE: N. The step to sigma = 0 is regular here (rho = 0).
     """
 
