@@ -102,6 +102,10 @@ class Evaluator:
     def score(self, z: Array, t) -> Array:
         return self._counted(self.denoiser.score, z, t)
 
+    def raw(self, z: Array, t) -> Array:
+        """The network's own output (kind `denoiser.kind`, all heads); one evaluation."""
+        return self._counted(self.denoiser.raw, z, t)
+
     def x0_eps(self, z: Array, t) -> tuple[Array, Array]:
         """(x0-hat, eps-hat) from one evaluation."""
         return self._counted(self.denoiser.x0_eps, z, t)

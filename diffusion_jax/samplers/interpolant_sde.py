@@ -47,9 +47,9 @@ class InterpolantEM(Sampler):
     def _eps(self, t):
         return self.diffusion * (t * (1.0 - t) if self.shape == "bridge" else jnp.ones_like(t))
 
-    def step(self, den, carry, t_cur, t_next, i, keys, num_steps):
-        z = carry["z"]
-        out = den.raw(z, t_cur)
+    def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
+        z = carry.z
+        out = ev.raw(z, t_cur)
         if out.shape[-1] != 2 * z.shape[-1]:
             raise ValueError(
                 f"{self.name} needs a two-head [velocity, score] denoiser (head='both'); the output has "
@@ -59,7 +59,7 @@ class InterpolantEM(Sampler):
         h = t_cur - t_next
         e = self._eps(t_cur).astype(z.dtype)
         z_next = z - h * (v - e * s) + jnp.sqrt(2.0 * e * h) * noise_like(keys, z)
-        return {**carry, "z": z_next, "nfe": carry["nfe"] + 1}
+        return z_next, ()
 
 
 __all__ = ["InterpolantEM"]
