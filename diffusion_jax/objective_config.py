@@ -156,6 +156,46 @@ class Objective:
         return dict(self.coupling_kwargs)
 
 
+def _resolve_parts(g, sigma_data: float, path: dict) -> dict:
+    """The weighting, time distribution and coupling fields of an `Objective`: each part looked up
+    (a registered name or 'module:Name'), its kwargs completed with defaults and validated."""
+    weighting = g("weighting")
+    w_defaults = _part(WG.get_weighting, weighting, "weighting").defaults
+    wkw = _merge_kwargs(w_defaults, weighting, g("weighting_kwargs"), "weighting_kwargs")
+    if "sigma_data" in wkw and wkw["sigma_data"] is None:
+        wkw["sigma_data"] = sigma_data
+    td = g("time_distribution")
+    tdist = _part(TD.get_time_distribution, td, "time_distribution")
+    tkw = _merge_kwargs(tdist.defaults, td, g("time_kwargs"), "time_kwargs")
+    for k, v in list(wkw.items()) + list(tkw.items()):
+        if isinstance(v, int | float) and not np.isfinite(float(v)):
+            raise ValueError(f"objective: kwarg {k}={v} must be finite")
+    if tdist.check is not None:
+        tdist.check(tkw)
+    coupling = g("coupling")
+    cdefaults = _part(C.coupling_defaults, coupling, "coupling")
+    ckw = _merge_kwargs(
+        cdefaults, coupling, _coupling_kwargs(coupling, cdefaults, g("coupling_kwargs")), "coupling_kwargs"
+    )
+    if coupling == "schrodinger":
+        if not (path["path_noise"] == "bridge" and path["path_sigma"] > 0.0):
+            raise ValueError(
+                "objective.coupling='schrodinger' (SB-CFM's entropic plan, reg 2 sigma^2) needs "
+                f"path_noise='bridge' and path_sigma > 0 (got {path['path_noise']!r}, {path['path_sigma']})"
+            )
+        if ckw["sigma"] is None:
+            ckw["sigma"] = path["path_sigma"]
+    C.make_coupling(coupling, ckw)  # validates the fields
+    return dict(
+        weighting=weighting,
+        weighting_kwargs=tuple(sorted(wkw.items())),
+        time_distribution=td,
+        time_kwargs=tuple(sorted(tkw.items())),
+        coupling=coupling,
+        coupling_kwargs=tuple(sorted(ckw.items())),
+    )
+
+
 def resolve_objective(obj_cfg) -> Objective:
     """Validate an objective ConfigDict (or dict) and resolve it to an `Objective`.
 
@@ -185,44 +225,13 @@ def resolve_objective(obj_cfg) -> Objective:
     sigma_data = float(g("sigma_data"))
     if not sigma_data > 0:
         raise ValueError(f"objective.sigma_data must be > 0, got {sigma_data}")
-    weighting = g("weighting")
-    wkw = _merge_kwargs(
-        _part(WG.get_weighting, weighting, "weighting").defaults,
-        weighting,
-        g("weighting_kwargs"),
-        "weighting_kwargs",
-    )
-    if "sigma_data" in wkw and wkw["sigma_data"] is None:
-        wkw["sigma_data"] = sigma_data
-    td = g("time_distribution")
-    tdist = _part(TD.get_time_distribution, td, "time_distribution")
-    tkw = _merge_kwargs(tdist.defaults, td, g("time_kwargs"), "time_kwargs")
-    coupling = g("coupling")
-    cdefaults = _part(C.coupling_defaults, coupling, "coupling")
-    ckw = _merge_kwargs(
-        cdefaults, coupling, _coupling_kwargs(coupling, cdefaults, g("coupling_kwargs")), "coupling_kwargs"
-    )
-    path = _resolve_path(g, prediction, weighting)
-    if coupling == "schrodinger":
-        if not (path["path_noise"] == "bridge" and path["path_sigma"] > 0.0):
-            raise ValueError(
-                "objective.coupling='schrodinger' (SB-CFM's entropic plan, reg 2 sigma^2) needs "
-                f"path_noise='bridge' and path_sigma > 0 (got {path['path_noise']!r}, {path['path_sigma']})"
-            )
-        if ckw["sigma"] is None:
-            ckw["sigma"] = path["path_sigma"]
-    C.make_coupling(coupling, ckw)  # validates the fields
+    path = _resolve_path(g, prediction, g("weighting"))
     t_eps = float(g("t_eps"))
     if not 0.0 <= t_eps < 0.5:
         raise ValueError(f"objective.t_eps must be in [0, 0.5), got {t_eps}")
     p = float(g("label_dropout"))
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"objective.label_dropout must be in [0, 1], got {p}")
-    for k, v in list(wkw.items()) + list(tkw.items()):
-        if k not in ("pairing",) and v is not None and not np.isfinite(float(v)):
-            raise ValueError(f"objective: kwarg {k}={v} must be finite")
-    if tdist.check is not None:
-        tdist.check(tkw)
     return Objective(
         schedule=schedule,
         prediction=prediction,
@@ -230,12 +239,7 @@ def resolve_objective(obj_cfg) -> Objective:
         time_input=time_input,
         input_scaling=input_scaling,
         sigma_data=sigma_data,
-        weighting=weighting,
-        weighting_kwargs=tuple(sorted(wkw.items())),
-        time_distribution=td,
-        time_kwargs=tuple(sorted(tkw.items())),
-        coupling=coupling,
-        coupling_kwargs=tuple(sorted(ckw.items())),
+        **_resolve_parts(g, sigma_data, path),
         t_eps=t_eps,
         label_dropout=p,
         null_label=int(g("null_label")),
