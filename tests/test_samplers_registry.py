@@ -4,6 +4,7 @@ calls, names listed in errors), checked against closed forms, plus bad input."""
 import dataclasses
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -144,3 +145,33 @@ def test_out_of_tree_sampler_on_the_public_contract(clean_registry):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diffusion_jax"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, (mod, node.module, private)
+
+
+def test_capability_flags_follow_the_instance():
+    """`needs_alpha` is a property of the instance: Euler / Heun in sigma~ coordinates are refused on
+    a grid starting where alpha = 0 (rectified flow at t = 1) before compiling, with advice that
+    works; in t coordinates they run there. Stochastic samplers check the grid, not schedule.t_max."""
+    from diffusion_jax.samplers.seeds import validate_sampling
+
+    rf = schedules.RectifiedFlow()
+    den = analytic.Gaussian.isotropic(jnp.array([0.5, -1.0]), 0.7).denoiser(rf, "velocity")
+    z = jnp.ones((2, 2))
+    keys = jax.random.split(jax.random.key(0), 2)
+    for name in ("euler", "heun"):
+        assert (
+            not registry.get_sampler(name).needs_alpha
+            and registry.get_sampler(name, coords="sigma").needs_alpha
+        )
+        with pytest.raises(ValueError, match=r"t_max=0\.999"):
+            validate_sampling(
+                den, registry.get_sampler(name, coords="sigma"), registry.make_grid("uniform", 4, rf)
+            )
+        out = registry.get_sampler(name, coords="sigma").run(
+            den, z, registry.make_grid("uniform", 4, rf, t_max=0.999)
+        )
+        assert np.all(np.isfinite(out.samples))
+    for name in ("euler_ancestral", "dpmpp_2m_sde", "edm_stochastic"):
+        with pytest.raises(ValueError, match=r"t_max=0\.999"):
+            validate_sampling(den, registry.get_sampler(name), registry.make_grid("uniform", 4, rf))
+        out = registry.get_sampler(name).run(den, z, registry.make_grid("uniform", 4, rf, t_max=0.999), keys)
+        assert np.all(np.isfinite(out.samples))
