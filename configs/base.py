@@ -77,4 +77,5 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     e = cfg.eval = ml_collections.ConfigDict()
     e.num_samples = 2000  # seeds 0..num_samples-1 of the sampling settings
     e.metrics = ("w2", "mmd")
+    e.save_samples = False  # evaluate also writes every seed's .npz to eval/<step>_samples/
     return cfg

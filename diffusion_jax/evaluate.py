@@ -31,6 +31,9 @@ def define_flags() -> None:
     flags.DEFINE_string("ema", None, "Weights: '' (first EMA), 'params', or an EMA name (= sampling.ema).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar over chunks.")
+    from diffusion_jax.sample import define_distributed_flags
+
+    define_distributed_flags()
 
 
 def _gather(samples, n_local: int):
@@ -149,9 +152,11 @@ def main(argv):
         absl_logging.set_verbosity(absl_logging.WARNING)
     if fl.workdir is None:
         raise app.UsageError("--workdir is required")
+    from diffusion_jax.sample import init_distributed
     from diffusion_jax.training import checkpoints, overrides
     from diffusion_jax.training.config import validate_config
 
+    init_distributed(fl)
     spec, sets = overrides.pop_config_args(argv)
     base = overrides.load_config_arg(spec) if spec else checkpoints.load_config(fl.workdir)
     cfg = overrides.apply_overrides(base, sets)
@@ -167,4 +172,4 @@ if __name__ == "__main__":
     define_flags()
     from diffusion_jax.training import overrides
 
-    overrides.run_cli(main, sys.argv)
+    overrides.run_cli(main, sys.argv, prog="diffusion_jax.evaluate")

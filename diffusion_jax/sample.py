@@ -55,10 +55,16 @@ def define_flags() -> None:
     absl flags); `--config` / `--config.*` are parsed by `training.overrides`."""
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints in, samples out).")
     flags.DEFINE_bool("list", False, "Print the available samplers and grids and exit.")
+    define_distributed_flags()
+
+
+def define_distributed_flags() -> None:
+    """The multi-host flags of `sample` and `evaluate` (as `train`'s)."""
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
     flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
     flags.DEFINE_integer("num_cpu_devices", None, "CPU devices of this process (jax_num_cpu_devices).")
+    flags.DEFINE_string("cpu_collectives", None, "CPU cross-process collectives, e.g. 'gloo'.")
 
 
 def _placeholder(t):
@@ -336,6 +342,20 @@ def run_sampling(cfg: ml_collections.ConfigDict, workdir: str | None) -> dict:
     return summary
 
 
+def init_distributed(fl) -> None:
+    """Multi-host / simulated-CPU setup from the flags `define_flags` adds (sample and evaluate)."""
+    if fl.num_cpu_devices:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", int(fl.num_cpu_devices))
+    if fl.coordinator_address or fl.num_processes:
+        from diffusion_jax.training import distributed
+
+        distributed.initialize(
+            fl.coordinator_address, fl.num_processes, fl.process_id, cpu_collectives=fl.cpu_collectives
+        )
+
+
 def format_listing() -> str:
     """The `--list` text: samplers (family, stochastic, first docstring line) and grid names."""
     from diffusion_jax.samplers import registry
@@ -364,14 +384,7 @@ def main(argv):
     cfg = overrides.config_from_argv(argv, default=get_default_config)
     if fl.workdir is None and not cfg.output_dir:
         raise app.UsageError("--workdir (or config.output_dir) is required")
-    if fl.num_cpu_devices:
-        import jax
-
-        jax.config.update("jax_num_cpu_devices", int(fl.num_cpu_devices))
-    if fl.coordinator_address or fl.num_processes:
-        from diffusion_jax.training import distributed
-
-        distributed.initialize(fl.coordinator_address, fl.num_processes, fl.process_id)
+    init_distributed(fl)
     summary = run_sampling(cfg, fl.workdir)
     print(f"[diffusion_jax.sample] {json.dumps(summary)}", file=sys.stderr)
 
