@@ -16,7 +16,15 @@ import pytest
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from diffusion_jax import couplings, extensions, objectives, schedules, time_distributions, weightings
+from diffusion_jax import (
+    analytic,
+    couplings,
+    extensions,
+    objectives,
+    schedules,
+    time_distributions,
+    weightings,
+)
 from diffusion_jax import models as M
 from diffusion_jax.models import build_model, complete_config
 from diffusion_jax.samplers import grids, registry
@@ -107,6 +115,9 @@ def test_network_grid_by_name_and_errors(my_lab):
 
     g = np.asarray(registry.make_grid("chebyshev", 4, schedules.get_schedule("sub_vp"), t_min=0.1, t_max=0.9))
     np.testing.assert_allclose(g, 0.5 + 0.4 * np.cos(np.pi * np.arange(5) / 4), rtol=1e-6)  # float32
+    ref = "tests.extensions.my_lab:chebyshev_grid"
+    sch = schedules.get_schedule("sub_vp")
+    np.testing.assert_array_equal(registry.make_grid(ref, 4, sch, t_min=0.1, t_max=0.9), g)
     net = build_model(full, rngs=nnx.Rngs(0))
     assert net(jnp.ones((3, 2)), jnp.ones(3)).shape == (3, 2)
     path = complete_config(ml_collections.ConfigDict({"name": "tests.extensions.my_lab:TinyNet"}))
@@ -124,6 +135,24 @@ def test_network_grid_by_name_and_errors(my_lab):
         objectives.resolve_objective({"coupling": "sortd"})
     with pytest.raises(ValueError, match="objective.coupling_kwargs.axis"):
         objectives.resolve_objective({"coupling": "sorted", "coupling_kwargs": {"axis": -1}})
+
+
+def test_ralston_sampler_is_second_order(my_lab, x64):
+    """Against the closed-form probability-flow ODE of Gaussian data N(0, s^2 I) on rectified flow:
+    z_t = z_1 std(t) / std(1), std(t) = sqrt((1 - t)^2 s^2 + t^2); halving h divides the error by 4."""
+    s, t_end = 0.5, 0.01
+    sch = schedules.RectifiedFlow()
+    den = analytic.Gaussian.isotropic(np.zeros(2), s, dtype=jnp.float64).denoiser(sch, "x0")
+    z1 = jax.random.normal(jax.random.key(0), (16, 2), jnp.float64)
+    exact = np.asarray(z1) * math.sqrt((1 - t_end) ** 2 * s**2 + t_end**2)
+    sampler = registry.get_sampler("ralston")
+    assert registry.get_sampler("tests.extensions.my_lab:Ralston") == sampler  # by reference
+    errs = []
+    for n in (16, 32):
+        out = sampler.run(den, z1, jnp.linspace(1.0, t_end, n + 1))
+        assert int(out.nfe) == 2 * n == sampler.nfe(n)
+        errs.append(float(np.max(np.abs(np.asarray(out.samples) - exact))))
+    assert 3.5 < errs[0] / errs[1] < 4.5, errs
 
 
 def _cli(module, *args):
@@ -157,7 +186,7 @@ def test_run_of_own_parts_trains_resumes_samples_and_evaluates(tmp_path):
         "--config.seeds=0-7",
         "--config.grid.num_steps=4",
         "--config.grid.name=chebyshev",
-        "--config.sampler.name=heun",
+        "--config.sampler.name=ralston",
         f"--config.output_dir={out}",
     )
     summary = json.load(open(os.path.join(out, "sampling.json")))

@@ -59,6 +59,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import extensions
 from diffusion_jax.schedules import Schedule
 
 # EDM's recommended sampling range and rho (Karras et al. 2022, Table 1 / sec. 3).
@@ -363,12 +364,15 @@ def make_grid(
     Returns: [N+1] (or [N+2] with final_zero) strictly descending times, float64 under x64 (else
       float32), as a concrete jax array.
     """
-    table = _grid_table()
+    table, options = _grid_table(), {**_GRID_KWARGS, **_USER_GRID_KWARGS}
+    if extensions.is_dotted(name):  # a 'package.module:function' outside the package
+        table[name] = extensions.import_object(name)
+        options[name] = _grid_options(table[name])
     if name not in table:
         raise ValueError(f"unknown grid {name!r}; valid grids: {list_grids()}")
     if not isinstance(num_steps, int | np.integer) or num_steps < 1:
         raise ValueError(f"make_grid: `num_steps` must be an integer >= 1, got {num_steps!r}")
-    allowed = {**_GRID_KWARGS, **_USER_GRID_KWARGS}.get(name, ())
+    allowed = options.get(name, ())
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise ValueError(f"grid {name!r} got unknown option(s) {unknown}; valid options: {list(allowed)}")

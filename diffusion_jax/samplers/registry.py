@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from diffusion_jax import extensions
 from diffusion_jax.samplers import (
     adaptive,
     ancestral,
@@ -147,7 +148,9 @@ def resolve_alias(name: str) -> tuple[str, str | None]:
 
 def sampler_class(name: str) -> type[Sampler]:
     """The class registered under `name` (or an alias, see `resolve_alias`); ValueError listing the
-    valid names otherwise."""
+    valid names otherwise). A 'package.module:Class' reference names a sampler outside the package."""
+    if extensions.is_dotted(name):
+        return extensions.lookup({}, "sampler", name, expect=Sampler)
     return _all()[resolve_alias(name)[0]]
 
 

@@ -139,6 +139,7 @@ def import_extensions(cfg) -> list[str]:
 def _validate_sampling_names(s):
     """Sampler + kwargs and grid + kwargs as the registry builds them (names, aliases and options
     are the registry's), the conditioning fields' types, the chunk size."""
+    from diffusion_jax.extensions import is_dotted
     from diffusion_jax.samplers import registry
 
     kw = s.get("sampler_kwargs", None)
@@ -146,7 +147,7 @@ def _validate_sampling_names(s):
         registry.get_sampler(s.sampler, **(kw.to_dict() if kw is not None else {}))
     except (ValueError, TypeError) as e:
         raise ValueError(f"sampling.sampler: {e}") from None
-    if s.grid not in registry.list_grids():
+    if s.grid not in registry.list_grids() and not is_dotted(s.grid):
         _check_choice(s.grid, tuple(registry.list_grids()), "sampling.grid")
     _check_int(s.get("chunk_size", 16), "sampling.chunk_size", 1)
     for f in ("labels", "caption", "ema"):

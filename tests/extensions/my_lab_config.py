@@ -20,7 +20,7 @@ def get_config(arg=None):
         coupling="sorted",
         t_eps=1e-3,
     )
-    cfg.sampling.sampler = "heun"
+    cfg.sampling.sampler = "ralston"
     cfg.training.fast_compile = True
     cfg.eval.num_samples = 64
     return cfg
