@@ -142,9 +142,17 @@ def _inside_run(path: str) -> str:
 def request_overrides(cfg) -> dict:
     """The request's set fields as `SamplingSpec.override` arguments (None = keep the run's)."""
     c = cfg.conditioning
+    grid = cfg.grid.name
+    if cfg.sampler.name and not grid:  # a combined name users type, e.g. dpmpp_2m_karras / "DPM++ 2M Karras"
+        from diffusion_jax.samplers import registry
+
+        try:
+            grid = registry.resolve_alias(cfg.sampler.name)[1]
+        except ValueError as e:
+            raise ValueError(f"config.sampler.name: {e}") from None
     return dict(
         sampler=cfg.sampler.name, sampler_kwargs=_kwargs(cfg.sampler.kwargs) or None,
-        grid=cfg.grid.name, num_steps=cfg.grid.num_steps, grid_kwargs=_kwargs(cfg.grid.kwargs) or None,
+        grid=grid, num_steps=cfg.grid.num_steps, grid_kwargs=_kwargs(cfg.grid.kwargs) or None,
         guidance_scale=c.guidance_scale, base_seed=cfg.base_seed, chunk_size=cfg.chunk_size,
         ema=cfg.denoiser.ema, dtype=cfg.dtype, labels=c.labels, caption=c.caption,
     )  # fmt: skip
@@ -357,15 +365,14 @@ def init_distributed(fl) -> None:
 
 
 def format_listing() -> str:
-    """The `--list` text: samplers (family, stochastic, first docstring line) and grid names."""
+    """The `--list` text: one whole line per sampler (family, order, NFE rule, what it is) and per
+    grid (options, what it is), from `samplers.registry.describe_samplers` / `describe_grids`."""
     from diffusion_jax.samplers import registry
 
     lines = ["samplers:"]
-    for name, info in registry.sampler_info().items():
-        tag = "stochastic" if info["stochastic"] else info["family"]
-        lines.append(f"  {name:18s} [{tag}] {info['doc']}")
+    lines.extend(f"  {line}" for line in registry.describe_samplers())
     lines.append("grids:")
-    lines.extend(f"  {g}" for g in registry.list_grids())
+    lines.extend(f"  {line}" for line in registry.describe_grids())
     return "\n".join(lines)
 
 

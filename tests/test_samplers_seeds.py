@@ -235,3 +235,17 @@ def test_listing_names_every_sampler_and_grid():
     listing = cli.format_listing()
     for name in list(st.SAMPLERS) + ["karras", "uniform", "euler", "dpmpp_2m"]:
         assert f"  {name}" in listing
+
+
+def test_combined_sampler_grid_name_sets_the_grid(tmp_path):
+    """`--config.sampler.name=dpmpp_2m_karras` (the name users type) picks the Karras grid unless a
+    grid is given."""
+    from diffusion_jax import sample as cli
+
+    cfg = cli.get_default_config()
+    cfg.sampler.name = "dpmpp_2m_karras"
+    cfg.grid.num_steps = 4
+    plan, _, _ = cli.build_plan(cfg, str(tmp_path))
+    assert plan.meta["grid"] == "karras" and type(plan.sampler).__name__ == "DPMSolverPP2M"
+    cfg.grid.name = "logsnr"
+    assert cli.build_plan(cfg, str(tmp_path))[0].meta["grid"] == "logsnr"
