@@ -15,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from diffusion_jax.metrics import image_eval
 from diffusion_jax.training.config import validate_config  # noqa: F401  (re-exported)
 
 
@@ -78,4 +79,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     e.num_samples = 2000  # seeds 0..num_samples-1 of the sampling settings
     e.metrics = ("w2", "mmd")
     e.save_samples = False  # evaluate also writes every seed's .npz to eval/<step>_samples/
+    # image metrics (fid, kid, fd_classifier, precision_recall, bpd, bpd_elbo): weight files, reference
+    # split and sizes; see diffusion_jax.metrics.image_eval
+    e.update(dict(image_eval.DEFAULTS))
     return cfg

@@ -8,7 +8,8 @@ Draws seeds 0..eval.num_samples-1 of the run's sampling settings (`sampling.*`: 
 steps, guidance, weights `sampling.ema`) from the newest readable checkpoint (or `--step`) through
 the one sampling engine, so they are the samples `diffusion_jax.sample` gives for those seeds.
 Computes the metrics on the streamed samples (toy 2-D: exact W2 with POT and MMD against fresh
-data samples), writes `eval/<step>.json` and a PNG (image grid or 2-D scatter), and prints the
+data samples; images: FID, KID, the Fashion-MNIST feature distance, precision/recall and bits/dim
+as `eval.metrics` asks, see `diffusion_jax.metrics.image_eval`), writes `eval/<step>.json` and a PNG (image grid or 2-D scatter), and prints the
 metrics. `--config.eval.save_samples=true` also writes every seed's `.npz` to `eval/<step>_samples/`.
 Nothing else in the run is touched. With `--config=configs/pretrained/...` (converted published
 weights) it evaluates that model instead, writing into --workdir/eval (`evaluate_pretrained`). Multi-host: each process draws its own block of chunks; the
@@ -52,6 +53,31 @@ def _gather(samples, n_local: int):
     return np.concatenate([every[p, : int(c)] for p, c in enumerate(np.ravel(counts))])
 
 
+def _real_images(cfg):
+    """(number of records, read(indices) -> uint8 [b, H, W, C]) of the eval reference split
+    (`eval.reference_split`, default test) of a TFDS image dataset, resized as training resizes; else None."""
+    import numpy as np
+
+    from diffusion_jax.data import pipeline, transforms
+
+    if cfg.data.source != "tfds":
+        return None
+    dcfg = dict(cfg.data)
+    dcfg["split"] = cfg.eval.get("reference_split", "test")
+    src = pipeline.open_tfds_source(dcfg)
+    size, method = cfg.data.get("image_size", 0), cfg.data.get("resize", "")
+
+    def one(i):
+        im = np.asarray(src[int(i)]["image"])
+        im = im[..., None] if im.ndim == 2 else im
+        return transforms.resize_image(im, size, method) if size else im
+
+    def read(idx):
+        return np.stack([one(i) for i in idx]) if len(idx) else np.zeros((0, *one(0).shape), np.uint8)
+
+    return len(src), read
+
+
 def evaluate(
     cfg, workdir: str, *, ema: str | None = None, step: int | None = None, progress: bool = False
 ) -> dict:
@@ -64,10 +90,12 @@ def evaluate(
     import jax
     import numpy as np
 
+    from diffusion_jax.metrics import image_eval
     from diffusion_jax.samplers import seeds as sd
     from diffusion_jax.training import checkpoints, periodic, sampling
 
     cfg = cfg if cfg is not None else checkpoints.load_config(workdir)
+    image_eval.validate(cfg.eval)  # weight files exist before anything is compiled
     if ema is not None:
         cfg.sampling.ema = ema
     n = int(cfg.eval.num_samples)
@@ -95,6 +123,11 @@ def evaluate(
     local = np.concatenate(parts) if parts else np.zeros((0, *plan.shape), np.float32)
     samples = _gather(local, len(local))
     metrics = periodic.evaluate_samples(cfg, samples)
+    if samples.ndim == 4:
+        real = _real_images(cfg) if any(m in image_eval.IMAGE_METRICS for m in cfg.eval.metrics) else None
+        metrics.update(
+            image_eval.evaluate_images(cfg.eval, samples, real=real, denoiser=denoiser, progress=progress)
+        )
     meta = plan.meta
     out = {"step": s, "ema": weights, "num_samples": n, "sampler": meta["sampler"], "grid": meta["grid"],
            "nfe": meta["nfe"] if meta["nfe"] >= 0 else max(nfes, default=-1), **metrics}  # fmt: skip

@@ -88,8 +88,8 @@ def _bad(mutate):
         (lambda c: c.mesh.update(data=-1, fsdp=-1), r"at most one mesh axis may be -1"),
         (lambda c: setattr(c.sampling, "num_steps", 0), r"sampling.num_steps=0"),
         (
-            lambda c: setattr(c.eval, "metrics", ("fid",)),
-            r"eval.metrics\[\]='fid'.*\['w2', 'mmd', 'sinkhorn'\]",
+            lambda c: setattr(c.eval, "metrics", ("fidd",)),
+            r"eval.metrics\[\]='fidd'.*\['w2', 'mmd', 'sinkhorn', 'fid', 'kid', 'fd_classifier', 'precision_recall'",
         ),
         (lambda c: setattr(c.objective, "label_dropout", 0.1), r"needs a class-conditional model"),
         (lambda c: setattr(c.objective, "weighting", "fancy"), r"weighting"),

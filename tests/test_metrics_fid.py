@@ -100,6 +100,17 @@ def test_feature_statistics_1_vs_8_devices(tmp_path):
         np.testing.assert_allclose(r.sigma, np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(r.features, feats[:30], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[0].sigma, results[1].sigma, rtol=1e-5, atol=1e-7)
+    # per-record outputs come back in record order on any layout
+    outs = []
+    for n_dev in (1, 8):
+        mesh = jax.make_mesh((n_dev,), ("data",), devices=jax.devices()[:n_dev])
+        batches = features.dataset_batches(45, features.array_reader(images), 10)
+        fn = lambda i, x: (i * 2, jnp.sum(x.astype(jnp.float32), axis=(1, 2, 3)))  # noqa: E731
+        outs.append(features.map_records(fn, batches, batch_size=10, mesh=mesh))
+    for idx, (twice, sums) in outs:
+        np.testing.assert_array_equal(idx, np.arange(45))
+        np.testing.assert_array_equal(twice, 2 * np.arange(45))
+        np.testing.assert_allclose(sums, images.reshape(45, -1).sum(1).astype(np.float32))
     path = str(tmp_path / "ref.npz")
     fid.save_statistics(path, results[1].mu, results[1].sigma, num_images=45)
     mu, sigma = fid.load_statistics(path)

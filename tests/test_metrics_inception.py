@@ -32,10 +32,10 @@ def _randomize(net, seed: int = 0) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def build_random_reference(directory):
     """pytorch-fid's InceptionV3 (its weight loading patched out), randomized, saved as a .pth in the
-    published file's format (an Inception3 state dict), and our converted copy of it."""
+    published file's format (an Inception3 state dict), and our converted copy of it.
+    Returns (torch net, .pth path, .npz path, sha256 of the .pth)."""
     built = {}
 
     def keep(self, state_dict, *a, **k):  # Inception3.load_state_dict(downloaded) -> remember the net
@@ -47,11 +47,18 @@ def reference(tmp_path_factory):
     ):
         net = pytorch_fid_inception.InceptionV3([3]).eval()
     _randomize(built["inception3"])
-    d = tmp_path_factory.mktemp("inception")
-    pth, npz = str(d / "random_inception.pth"), str(d / "random_inception.npz")
+    pth, npz = (
+        os.path.join(directory, "random_inception.pth"),
+        os.path.join(directory, "random_inception.npz"),
+    )
     torch.save(built["inception3"].state_dict(), pth)
     digest = inception_weights.convert(pth, npz, verify=False)
     return net, pth, npz, digest
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return build_random_reference(str(tmp_path_factory.mktemp("inception")))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ models' [-1, 1] scale (Theis et al. 2016): -log2 P(x) <= -log2 p(y) + D log2 128
   with lambda = log SNR. The prior p(z_max) = N(0, sigma_max^2 I) (the ODE's default prior, so both
   numbers score the same model) gives KL = alpha_max^2 |y|^2 / (2 sigma_max^2); the decoder
   p(y | z_min) = N(z_min / alpha_min, (sigma_min / alpha_min)^2 I) gives the expected reconstruction
-  term D/2 (log(2 pi sigma_min^2 / alpha_min^2) + 1). L_diff is estimated by Monte Carlo with logSNR
+  term D/2 (log(2 pi sigma_min^2 / alpha_min^2) + 1). Where logSNR is infinite at an end of the
+  schedule (rectified flow) the interval is shrunk by 1e-5 there. L_diff is estimated by Monte Carlo with logSNR
   drawn uniformly and stratified (VDM's low-variance estimator), `num_t` draws per image. Valid for any
   Gaussian path (VP, VE, EDM, rectified flow with a Gaussian source); not for non-Gaussian sources.
 
@@ -62,9 +63,14 @@ class ElboTerms(NamedTuple):
 
 
 def _interval(denoiser: Denoiser, t_min, t_max) -> tuple[float, float]:
+    """[t_min, t_max] of the bound: the schedule's, each end moved inwards by 1e-5 of the interval
+    where logSNR is infinite there (rectified flow: alpha(1) = 0, sigma(0) = 0) unless given."""
     sch = denoiser.schedule
-    t0 = float(sch.t_min if t_min is None else t_min)
-    t1 = float(sch.t_max if t_max is None else t_max)
+    a, b = float(sch.t_min), float(sch.t_max)
+    with jax.ensure_compile_time_eval():
+        finite = [bool(np.isfinite(float(sch.logsnr(np.float64(t))))) for t in (a, b)]
+    t0 = float(t_min) if t_min is not None else (a if finite[0] else a + 1e-5 * (b - a))
+    t1 = float(t_max) if t_max is not None else (b if finite[1] else b - 1e-5 * (b - a))
     if not 0.0 < t0 < t1:
         raise ValueError(f"elbo: need 0 < t_min < t_max, got t_min={t0}, t_max={t1}")
     return t0, t1

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from diffusion_jax.metrics.inception import bilinear_matrix
+
 FEATURE_DIM = 128
 NUM_CLASSES = 10
 MAKE_TARGET = "make fmnist_classifier"
@@ -80,15 +82,22 @@ def load(path: str | os.PathLike):
 
 
 def feature_fn(graphdef, state):
-    """images [B, 28, 28, 1] (uint8, or floats in [-1, 1] which are first rounded to 8 bits as an image
+    """images [B, H, W, C] (uint8, or floats in [-1, 1] which are first rounded to 8 bits as an image
     file stores them) -> penultimate features [B, 128]. Jit-compatible; use with
-    `features.feature_statistics`."""
+    `features.feature_statistics`. Images that are not 28 x 28 are resized bilinearly (as
+    `inception.bilinear_matrix`), colour images averaged to gray."""
 
     def fn(images):
         if images.dtype == jnp.uint8:
             x = images.astype(jnp.float32) / 127.5 - 1.0
         else:
             x = jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0.0, 255.0) / 127.5 - 1.0
+        if x.shape[-1] != 1:
+            x = jnp.mean(x, axis=-1, keepdims=True)
+        if x.shape[1:3] != (28, 28):
+            mh = jnp.asarray(bilinear_matrix(x.shape[1], 28), x.dtype)
+            mw = jnp.asarray(bilinear_matrix(x.shape[2], 28), x.dtype)
+            x = jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
         return nnx.merge(graphdef, state).features(x)
 
     return fn

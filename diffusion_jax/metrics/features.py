@@ -8,13 +8,14 @@ moments (`fid.batch_moments`); only those are fetched. Every process therefore e
 statistics. Features themselves are gathered only when asked (`keep`, for KID and precision/recall).
 
 All processes must consume the same number of batches (`dataset_batches` guarantees it by giving
-shorter shards empty, fully masked batches).
+shorter shards empty, fully masked batches). Batches carry their record indices, so gathered outputs
+are put back in record order whatever the device / process layout.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import jax
@@ -71,9 +72,16 @@ def _replicate(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
 
 
+def _gather_rows(tree, idx_global, mesh):
+    """Fetch (indices [R], outputs) of the real rows of a global step on every process."""
+    tree, idx = jax.device_get(_replicate((tree, idx_global), mesh))
+    real = np.asarray(idx) >= 0
+    return np.asarray(idx)[real], jax.tree.map(lambda a: np.asarray(a)[real], tree)
+
+
 def feature_statistics(
     feature_fn: Callable[[jax.Array], jax.Array],
-    batches: Iterable[np.ndarray],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
     batch_size: int,
     mesh: jax.sharding.Mesh | None = None,
@@ -82,45 +90,72 @@ def feature_statistics(
 ) -> FeatureResult:
     """Mean / covariance of feature_fn(images) over the stream `batches` (see module doc).
 
-    feature_fn: [B, H, W, C] -> [B, d] (jit-compatible). batch_size: per-process rows per step (each
-    local batch has at most that many rows). keep: also return the first `keep` feature rows (in stream
-    order, process-major within a step), gathered on every process. progress(n) is called with the
-    number of real rows added after each step.
+    feature_fn: [B, H, W, C] -> [B, d] (jit-compatible). batches: (record indices [b], images [b, ...])
+    per process and step (e.g. `dataset_batches`), b <= batch_size. keep: also return the features of
+    records 0..keep-1, in record order, on every process (for KID / precision-recall), so they do not
+    depend on the number of devices or processes. progress(n) gets the real rows of each step.
     """
     mesh = default_mesh() if mesh is None else _auto(mesh)
     rows = local_batch_size(batch_size, mesh)
     acc = fid.MomentAccumulator()
-    kept, n_kept = [], 0
+    kept: dict[int, np.ndarray] = {}
     fn = jax.jit(feature_fn)
-    for local in batches:
+    for idx, local in batches:
         x, m = to_global(local, rows, mesh)
         f = fn(x)
         moments = jax.device_get(fid.batch_moments(f, m))
         acc.add_moments(*moments)
-        if n_kept < keep:
-            fg, mg = jax.device_get((_replicate(f, mesh), _replicate(m, mesh)))
-            real = np.asarray(fg)[np.asarray(mg) > 0]
-            kept.append(real[: keep - n_kept])
-            n_kept += len(kept[-1])
+        if keep > 0:
+            ig, _ = to_global(np.asarray(idx, np.int64), rows, mesh)
+            ig = jnp.where(m > 0, ig, -1)
+            for i, row in zip(*_gather_rows(f, ig, mesh), strict=True):
+                if i < keep:
+                    kept[int(i)] = row
         if progress is not None:
             progress(int(moments[0]))
     mu, sigma = acc.statistics()
-    feats = np.concatenate(kept) if kept else None
+    feats = np.stack([kept[i] for i in sorted(kept)]) if kept else None
     return FeatureResult(mu, sigma, int(acc.n), feats)
 
 
-def dataset_batches(
-    n: int, read: Callable[[np.ndarray], np.ndarray], batch_size: int
-) -> Iterator[np.ndarray]:
-    """This process's share of records 0..n-1 (contiguous, np.array_split over processes), read in
-    batches of `batch_size` by read(indices) -> [len(indices), ...]. Every process yields the same
-    number of batches (empty ones, [0, ...], where its shard is shorter)."""
+def map_records(
+    fn: Callable[[jax.Array, jax.Array], object],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: Callable[[int], None] | None = None,
+):
+    """Apply fn(indices [B], images [B, ...]) -> pytree of [B, ...] to a sharded stream of
+    (indices, images) batches; returns (indices [N] sorted, outputs [N, ...]) on every process."""
+    mesh = default_mesh() if mesh is None else _auto(mesh)
+    rows = local_batch_size(batch_size, mesh)
+    jfn = jax.jit(fn)
+    all_idx, outs = [], []
+    for idx, local in batches:
+        x, m = to_global(local, rows, mesh)
+        ig, _ = to_global(np.asarray(idx, np.int64), rows, mesh)
+        ig = jnp.where(m > 0, ig, -1)
+        i, o = _gather_rows(jfn(jnp.maximum(ig, 0), x), ig, mesh)
+        all_idx.append(i)
+        outs.append(o)
+        if progress is not None:
+            progress(len(i))
+    order = np.argsort(np.concatenate(all_idx))
+    return np.concatenate(all_idx)[order], jax.tree.map(lambda *a: np.concatenate(a)[order], *outs)
+
+
+def dataset_batches(n: int, read: Callable[[np.ndarray], np.ndarray], batch_size: int):
+    """This process's share of records 0..n-1 (contiguous, np.array_split over processes) as
+    (indices [b], read(indices) [b, ...]) batches of at most `batch_size`. Every process yields the
+    same number of batches (empty ones where its shard is shorter)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     mine = np.array_split(np.arange(n), jax.process_count())[jax.process_index()]
     steps = math.ceil(math.ceil(n / jax.process_count()) / batch_size)
     for s in range(steps):
-        yield read(mine[s * batch_size : (s + 1) * batch_size])
+        idx = mine[s * batch_size : (s + 1) * batch_size]
+        yield idx, read(idx)
 
 
 def array_reader(images: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -133,7 +168,14 @@ def tfds_reader(name: str, split: str, data_dir: str | None = None, key: str = "
     import tensorflow_datasets as tfds
 
     source = tfds.data_source(name, split=split, data_dir=data_dir)
-    return len(source), lambda idx: np.stack([np.asarray(source[int(i)][key]) for i in idx])
+    first = np.asarray(source[0][key])
+
+    def read(idx):
+        if len(idx) == 0:
+            return np.zeros((0, *first.shape), first.dtype)
+        return np.stack([np.asarray(source[int(i)][key]) for i in idx])
+
+    return len(source), read
 
 
 def uint8_images(x: jax.Array) -> jax.Array:

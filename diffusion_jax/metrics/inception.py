@@ -262,6 +262,20 @@ def pool3_features(graphdef, state, images) -> jax.Array:
     return _features(graphdef, state, images)
 
 
+def feature_fn(graphdef, state):
+    """Model samples [B, H, W, C] in [-1, 1] (rounded to 8 bits first, as an image file stores them) or
+    uint8 images -> pool3 features [B, 2048]. Jit-compatible (use with `features.feature_statistics`)."""
+
+    def fn(images):
+        if images.dtype == jnp.uint8:
+            x = images.astype(jnp.float32) / 255.0
+        else:
+            x = jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0.0, 255.0) / 255.0
+        return nnx.merge(graphdef, state)(preprocess(x))
+
+    return fn
+
+
 def to_unit_interval(samples, quantize: bool = True) -> np.ndarray:
     """Model samples in [-1, 1] -> [0, 1] floats. With `quantize` they are first rounded to uint8 as an
     image file would store them (pytorch-fid and clean-fid compute FID from 8-bit images)."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from diffusion_jax.metrics.image_eval import IMAGE_METRICS
+from diffusion_jax.metrics.image_eval import validate as _validate_image_eval
+
 # One definition each: the optimizer / LR-schedule names belong to `state`, the dtypes to `step`.
 from diffusion_jax.training.state import LR_SCHEDULES, OPTIMIZERS
 from diffusion_jax.training.step import COMPUTE_DTYPES
 
-EVAL_METRICS = ("w2", "mmd", "sinkhorn")
+EVAL_METRICS = ("w2", "mmd", "sinkhorn", *IMAGE_METRICS)
 
 
 def _check_choice(value, valid, field):
@@ -98,6 +101,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         _check_int(cfg.eval.num_samples, "eval.num_samples", 2)
         for mname in cfg.eval.metrics:
             _check_choice(mname, EVAL_METRICS, "eval.metrics[]")
+        _validate_image_eval(cfg.eval, check_files=False)  # files are checked by `evaluate`
 
     _validate_model(cfg.model)
     _validate_data(cfg.data)
