@@ -9,8 +9,8 @@ steps, guidance, weights `sampling.ema`) from the newest readable checkpoint (or
 the one sampling engine, so they are the samples `diffusion_jax.sample` gives for those seeds.
 Computes the metrics on the streamed samples (toy 2-D: exact W2 with POT and MMD against fresh
 data samples; images: FID, KID, the Fashion-MNIST feature distance, precision/recall and bits/dim
-as `eval.metrics` asks, see `diffusion_jax.metrics.image_eval`), writes `eval/<step>.json` and a PNG (image grid or 2-D scatter), and prints the
-metrics. `--config.eval.save_samples=true` also writes every seed's `.npz` to `eval/<step>_samples/`.
+as `eval.metrics` asks, see `diffusion_jax.metrics.image_eval`), writes `eval/<step>.json` and a PNG
+(image grid or 2-D scatter), and prints the metrics. `--config.eval.save_samples=true` also writes every seed's `.npz` to `eval/<step>_samples/`.
 Nothing else in the run is touched. With `--config=configs/pretrained/...` (converted published
 weights) it evaluates that model instead, writing into --workdir/eval (`evaluate_pretrained`). Multi-host: each process draws its own block of chunks; the
 samples are gathered for the metrics.
