@@ -6,8 +6,8 @@ step come from XLA's `compiled.cost_analysis()` (per device), its time from inte
 (median). MFU = FLOPs per step / step time / peak FLOP/s of one device (Chowdhery et al. 2022,
 "PaLM", App. B, counts model FLOPs the same way, without rematerialisation).
 
-Peak: on CPU measured in the same run (the best of several large float32 matmuls, 2 n^3 FLOPs
-each); on accelerators the vendor's dense bf16 peak per chip (`PEAKS`). The CPU run trains in
+Peak: on CPU measured in the same run (a [2048, 2048] float32 matmul, 2 n^3 FLOPs, timed interleaved
+with the train steps, median, so both see the same load); on accelerators the vendor's dense bf16 peak per chip (`PEAKS`). The CPU run trains in
 float32; on accelerators pass `--compute_dtype bfloat16`.
 
 Models: DiT-S/2, B/2, L/2, XL/2 on 32x32x4 latents (ImageNet-256 through the SD VAE; Peebles & Xie
@@ -78,14 +78,6 @@ def vendor_peak(device_kind: str) -> float | None:
     return None
 
 
-def cpu_peak(n: int, repeats: int) -> float:
-    """Best measured float32 matmul FLOP/s of one [n, n] x [n, n] product on the default device."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a, b: a @ b)
-    C.block(f(a, a))
-    return 2.0 * n**3 / min(C.timed(lambda: f(a, a)) for _ in range(repeats))
-
-
 def build_step(name: str, per_device_batch: int, compute_dtype: str, compiler_options=None):
     """(config, jitted step, abstract state, abstract batch, global batch, mesh, rules) for a model,
     data parallel over all devices. Nothing is allocated except the network's small fixed buffers."""
@@ -134,7 +126,7 @@ def run(args) -> dict:
     dev = jax.devices()[0]
     kind = dev.device_kind
     on_cpu = dev.platform == "cpu"
-    peak = cpu_peak(args.matmul_n, args.repeats) if on_cpu else vendor_peak(kind)
+    peak = vendor_peak(kind)
     from diffusion_jax.training.build import FAST_COMPILE
 
     rows, loops = [], {}
@@ -159,7 +151,15 @@ def run(args) -> dict:
 
             loops[name] = loop
         rows.append(row)
+    if on_cpu:  # the peak is timed interleaved with the steps, so both see the same load
+        n = args.matmul_n
+        a = jnp.ones((n, n), jnp.float32)
+        mm = jax.jit(lambda a, b: a @ b)
+        C.block(mm(a, a))
+        loops["_matmul"] = lambda: mm(a, a)
     times = C.median_interleaved(loops, args.repeats) if loops else {}
+    if on_cpu:
+        peak = 2.0 * args.matmul_n**3 / times.pop("_matmul")
     for row in rows:
         if row["model"] in times:
             s = times[row["model"]]
