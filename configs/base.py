@@ -25,6 +25,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
     cfg.imports = ()  # e.g. ("my_lab.parts",): modules that call register_* (docs/design.md)
+    # How a run starts in a workdir that already holds one: '' (continue it; the config must match),
+    # 'restart' (from step 0 when all its checkpoints are damaged), 'finetune:<run dir>' (weights of
+    # another run, fresh optimizer). See diffusion_jax/training/workdir.py.
+    cfg.resume = ""
     cfg.model = ml_collections.ConfigDict()
     cfg.data = ml_collections.ConfigDict()
     cfg.objective = ml_collections.ConfigDict()

@@ -4,7 +4,10 @@ Any config field can be overridden, e.g. `--config.training.num_steps=100 --conf
 nested kwargs included (`--config.sampling.grid_kwargs.t_min=0.001`); a run's `config.json` is
 accepted as `--config` (`training.overrides`). Config errors print one line, not a traceback.
 Re-running with the same workdir resumes from the newest readable checkpoint (exactly: same final
-parameters as an uninterrupted run). SIGTERM saves a checkpoint and exits with status 0.
+parameters as an uninterrupted run). SIGTERM, from the first moment of the process, saves a
+checkpoint and exits with status 0. A run that cannot start or continue safely (a workdir holding
+another experiment or locked by a live run, no intact checkpoint, unreadable or unwritable files,
+divergence) prints one line saying why and what to do, and exits with status 1.
 
 Multi-host: pass --coordinator_address=host:port --num_processes=N --process_id=i (or set
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; --distributed_auto for TPU pods and
@@ -17,8 +20,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from diffusion_jax.training.preemption import PreemptionFlag
+
+# Installed before anything slow (flag parsing, JAX): a SIGTERM during start-up is not lost.
+_PREEMPT = PreemptionFlag() if __name__ == "__main__" else None
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 # --config=path.py[:arg] | DIR/config.json and --config.a.b=value are parsed by training.overrides.
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
@@ -31,6 +39,20 @@ _NCPU = flags.DEFINE_integer(
     "num_cpu_devices", None, "Number of CPU devices of this process (jax_num_cpu_devices)."
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _fatal_errors() -> tuple[type[BaseException], ...]:
+    """The errors a run reports in one line instead of a traceback (all leave the workdir intact)."""
+    from diffusion_jax.training import checkpoints, integrity, lock, step, workdir
+
+    return (
+        OSError,
+        lock.WorkdirLocked,
+        checkpoints.NoIntactCheckpoint,
+        integrity.CheckpointUnavailable,
+        step.NonFiniteError,
+        workdir.RunConfigMismatch,
+    )
 
 
 def main(argv):
@@ -56,7 +78,11 @@ def main(argv):
 
     validate_config(cfg)
     logging.getLogger("diffusion_jax").setLevel(logging.INFO)
-    result = train(cfg, _WORKDIR.value, progress=_PROGRESS.value)
+    try:
+        result = train(cfg, _WORKDIR.value, progress=_PROGRESS.value, preempt=_PREEMPT)
+    except _fatal_errors() as e:
+        print(f"[diffusion_jax.train] error: {e}", file=sys.stderr)
+        sys.exit(1)
     msg = "preempted: checkpoint saved at" if result.preempted else "finished at"
     print(f"[diffusion_jax.train] {msg} step {result.step}; workdir {_WORKDIR.value}", file=sys.stderr)
 

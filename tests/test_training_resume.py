@@ -112,13 +112,13 @@ def test_sigterm_save_then_sigkill_then_resume_is_exact(reference, tmp_path):
     r = loop.train(small_config(), workdir, hooks=[sigterm_at_5], progress=False)
     assert r.preempted and r.step == 5
     assert signal.getsignal(signal.SIGTERM) is not None  # previous handler restored
-    assert ck.Checkpointer(workdir).all_steps() == [3, 5]
+    assert ck.Checkpointer(workdir, read_only=True).all_steps() == [3, 5]
 
     # 2) Resume in a subprocess; SIGKILL at step 10 (no chance to save; an async save may be cut
     #    short, which Orbax's temporary-directory commit makes invisible).
     p = _run_worker(workdir, "sigkill", 10, str(tmp_path / "xla_cache"))
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
-    steps = ck.Checkpointer(workdir).all_steps()
+    steps = ck.Checkpointer(workdir, read_only=True).all_steps()
     assert 5 in steps and max(steps) < NUM_STEPS
 
     # 3) Resume in this process to the end: bitwise equal to the uninterrupted run.
@@ -145,13 +145,14 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(reference, tmp_path
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         state, cfg, _ = ck.load_train_state(workdir)
-    assert any("checkpoint 12" in str(w.message) for w in caught)
+    assert any("checkpoint 12 is damaged" in str(w.message) for w in caught)
     assert int(state.step) == 9
-    # Moved aside, not deleted.
+    # A loader is read-only: the damaged checkpoint is skipped, left in place.
+    assert ck.Checkpointer(workdir, read_only=True).all_steps() == [3, 6, 9, 12]
+    # Training resumes from 9, moves 12 aside (not deleted) and reproduces the uninterrupted result.
+    with pytest.warns(RuntimeWarning, match="checkpoint 12 is damaged"):
+        result = loop.train(small_config(), workdir, progress=False)
     assert os.path.isdir(os.path.join(workdir, ck.CORRUPT_DIR, "12"))
-    assert ck.Checkpointer(workdir).all_steps() == [3, 6, 9]
-    # Training resumes from 9 and reproduces the uninterrupted result exactly.
-    result = loop.train(small_config(), workdir, progress=False)
     _assert_bitwise_equal(_host(result.state), ref)
 
 
@@ -167,6 +168,6 @@ def test_diverging_run_halts_and_keeps_saved_checkpoints(tmp_path):
         loop.train(cfg, workdir, progress=False, devices=jax.devices()[:1])
     # Step 1 was finite and saved; the states after skipped updates were not saved, so keep=1
     # did not rotate checkpoint 1 out.
-    assert ck.Checkpointer(workdir).all_steps() == [1]
+    assert ck.Checkpointer(workdir, read_only=True).all_steps() == [1]
     state, _, _ = ck.load_train_state(workdir)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))

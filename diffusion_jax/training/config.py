@@ -7,6 +7,8 @@ values. The `data`, `objective` and `model` sections are checked by their owners
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from diffusion_jax.metrics.image_eval import IMAGE_METRICS
@@ -32,6 +34,8 @@ def _check_int(value, field, minimum):
 def _check_number(value, field, lo=None, hi=None, lo_open=False, hi_open=False):
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{field}={value!r} must be a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{field}={value!r} must be a finite number")
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise ValueError(f"{field}={value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
@@ -53,6 +57,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
                 "objective, training, mesh, sampling, eval"
             )
     _check_int(cfg.seed, "seed", 0)
+    _check_finite_numbers(cfg)
+    from diffusion_jax.training.workdir import parse_resume
+
+    parse_resume(cfg)
     t = cfg.training
     _check_int(t.num_steps, "training.num_steps", 0)
     _check_choice(t.optimizer, OPTIMIZERS, "training.optimizer")
@@ -138,6 +146,18 @@ def import_extensions(cfg) -> list[str]:
     if imports is not None and not isinstance(imports, str | tuple | list):
         raise ValueError(f"imports={imports!r} must be a tuple of module names")
     return import_modules(imports)
+
+
+def _check_finite_numbers(tree, prefix=""):
+    """Every float anywhere in the config must be finite (a NaN learning rate passes `< 0` checks)."""
+    for k, v in tree.items():
+        field = f"{prefix}{k}"
+        if hasattr(v, "items"):
+            _check_finite_numbers(v, f"{field}.")
+        for i, x in enumerate(v if isinstance(v, tuple | list) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                name = field if not isinstance(v, tuple | list) else f"{field}[{i}]"
+                raise ValueError(f"{name}={x!r} must be a finite number")
 
 
 def _validate_sampling_names(s):

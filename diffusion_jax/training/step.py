@@ -4,8 +4,9 @@
 it with `NamedSharding` in/out shardings over a mesh and donates the incoming state, so parameters,
 EMA copies and optimizer moments are updated in place on every device.
 
-Non-finite handling: when the loss or the global gradient norm is not finite, the update is
-discarded (params, EMA and optimizer state are kept), `nonfinite_total` and `nonfinite_in_a_row`
+Non-finite handling: when the loss, the global gradient norm, or any number of the updated
+parameters, EMA copies or optimizer state is not finite (e.g. a NaN or overflowing learning rate
+poisons the state while the loss was still finite), the update is discarded (params, EMA and optimizer state are kept), `nonfinite_total` and `nonfinite_in_a_row`
 count it, and the step counter still advances (so the next step sees a new batch and new noise).
 The host halts the run with `NonFiniteError` once `nonfinite_in_a_row` reaches the configured K
 (`check_nonfinite`).
@@ -76,6 +77,12 @@ def split_microbatches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def all_finite(tree) -> Array:
+    """bool []: every floating leaf of `tree` holds only finite numbers."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, training_cfg) -> Callable:
     """Build `step(state, batch) -> (state, metrics)`.
 
@@ -121,11 +128,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, training_
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, metrics, grads = loss_and_grads(state.params, batch, key)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = update_ema(state.ema, params, state.step + 1, decays, power)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, ema, opt_state))
 
         def keep(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -180,7 +187,7 @@ def check_nonfinite(metrics: dict, max_in_a_row: int, step: int) -> None:
     if max_in_a_row > 0 and run >= max_in_a_row:
         total = int(np.asarray(metrics["nonfinite_total"]))
         raise NonFiniteError(
-            f"halting at step {step}: {run} consecutive updates had a non-finite loss or gradient "
+            f"halting at step {step}: {run} consecutive updates had a non-finite loss, gradient or state "
             f"(training.max_nonfinite_in_a_row={max_in_a_row}; {total} skipped in total). Parameters are "
             "those of the last finite update; the last checkpoint is intact. Lower training.lr, set "
             "training.grad_clip, or use compute_dtype='float32'."
@@ -190,6 +197,7 @@ def check_nonfinite(metrics: dict, max_in_a_row: int, step: int) -> None:
 __all__ = [
     "COMPUTE_DTYPES",
     "NonFiniteError",
+    "all_finite",
     "check_nonfinite",
     "jit_train_step",
     "make_train_step",
