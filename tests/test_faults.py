@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 
@@ -274,13 +273,12 @@ def test_event_loop_closed_tracebacks_are_gone(base, tmp_path, capfd):
 # Read-only loaders
 
 
-def test_loaders_and_evaluate_never_modify_the_run(base, tmp_path):
-    from diffusion_jax import evaluate
+def test_loaders_sample_and_evaluate_never_modify_the_run(base, tmp_path):
+    from diffusion_jax import evaluate, sample
 
     workdir = copy_run(base, tmp_path)
     _truncate(workdir, 6)  # a damaged latest checkpoint must be skipped, not moved
-    # config.json that no longer matches the checkpoints: an error, not quarantine
-    skip = ("eval",)  # evaluate's own output folder
+    skip = ("eval", "samples")  # their own output folders
     before = tree_digest(workdir, skip)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -291,6 +289,12 @@ def test_loaders_and_evaluate_never_modify_the_run(base, tmp_path):
         cfg.eval.num_samples, cfg.sampling.num_steps = 64, 2
         out = evaluate.evaluate(cfg, workdir)
         assert out["step"] == 4
+        req = sample.get_default_config()
+        req.denoiser.source, req.seeds, req.grid.num_steps, req.progress = "checkpoint", "0-3", 2, False
+        sample.run_sampling(req, workdir)
+        assert os.listdir(os.path.join(workdir, "samples"))
+        assert tree_digest(workdir, skip) == before
+        # A config.json that no longer fits the checkpoints: an error, not quarantine.
         bad_cfg = ck.load_config(workdir)
         bad_cfg.model.width = 32
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -559,17 +563,13 @@ def test_unwritable_workdir_fails_in_one_line(base, tmp_path):
 
 
 def test_duplicate_seed_list_is_reported_without_hanging():
-    from diffusion_jax.samplers.seeds import parse_seeds
-
-    result = {}
-
-    def run():
-        try:
-            parse_seeds("0-199999,5")
-        except ValueError as e:
-            result["error"] = str(e)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    th.join(60)  # quadratic: hours; linear: milliseconds
-    assert "duplicates [5]" in result.get("error", "still running")
+    """A subprocess, so a quadratic duplicate report (hours for 200,000 seeds) is killed, not left
+    burning CPU for the rest of the session."""
+    code = "from diffusion_jax.samplers.seeds import parse_seeds\nparse_seeds('0-199999,5')"
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("parse_seeds('0-199999,5') did not finish in 120 s")
+    assert "ValueError: seeds: duplicates [5]" in p.stderr

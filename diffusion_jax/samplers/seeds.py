@@ -88,7 +88,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     if bad:
         raise ValueError(f"seeds must lie in [0, {MAX_SEED}], got {bad[:5]}")
     if len(set(seeds)) != len(seeds):
-        dup = sorted({s for s in seeds if seeds.count(s) > 1})[:5]
+        dup = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)[:5]  # linear, not quadratic
         raise ValueError(f"seeds: duplicates {dup} (each seed names one output file)")
     return seeds
 
