@@ -455,7 +455,7 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("where,seed", [("step", 0), ("save", 1), ("save", 2), ("manifest", 3)])
+@pytest.mark.parametrize("where,seed", [("step", 0), ("save", 1), ("manifest", 3)])
 def test_sigkill_anywhere_then_resume_is_bitwise_exact(base, tmp_path, where, seed):
     workdir = str(tmp_path / "run")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")

@@ -146,6 +146,9 @@ def check_devices(cfg, mesh, rules) -> None:
         raise ValueError(f"data.batch_size={bs} is not divisible by the {nproc} processes")
 
 
+MAX_PENDING = 256  # steps whose metrics may wait on the device between logging steps
+
+
 @dataclasses.dataclass
 class _Session:
     """The mutable state of one training loop; each method is one concern of a step."""
@@ -199,6 +202,8 @@ class _Session:
         self.state, metrics = self.rt.step_fn(self.state, batch)
         self.step += 1
         self.pending.append((self.step, metrics))  # stays on device until the next drain
+        if len(self.pending) >= MAX_PENDING:  # bounds buffers and how late a divergence halts
+            self._drain()
         for hook in self.hooks:
             hook(self.step, self.state, metrics)
         if self.bar is not None:
