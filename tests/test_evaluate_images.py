@@ -117,3 +117,54 @@ def test_missing_inception_weights_fail_before_sampling(run, tmp_path):
     cfg.eval.pr_features = "vgg"
     with pytest.raises(ValueError, match="eval.pr_features='vgg' is invalid; valid choices"):
         image_eval.validate(cfg.eval, check_files=False)
+
+
+WORKER = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+from diffusion_jax.training import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), cpu_collectives="gloo")
+from diffusion_jax import evaluate as ev
+from diffusion_jax.training import overrides
+sets = json.loads(sys.argv[4])
+cfg = overrides.apply_overrides(overrides.load_config_arg(sys.argv[3] + "/config.json"), [tuple(s) for s in sets])
+out = ev.evaluate(cfg, sys.argv[3])
+print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def test_two_processes_give_the_same_numbers(run, evaluated):
+    import portpicker
+
+    workdir, _, sets = run
+    want = evaluated[1]
+    port = portpicker.pick_unused_port()
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    code = WORKER.format(repo=REPO)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"127.0.0.1:{port}", str(pid), workdir, json.dumps(sets)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=1200))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, _) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, "\n=====\n".join(e[-2500:] for _, e in outs)
+        got = json.loads(out[out.index("RESULT") + 7 :].splitlines()[0])
+        for k in ("fid", "kid", "fd_classifier", "precision", "recall", "bpd", "bpd_elbo"):
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
