@@ -21,7 +21,6 @@ config, the source layout, the source file's SHA-256, extras such as latent scal
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -31,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from diffusion_jax.convert import safetensors_io
+from diffusion_jax.metrics.inception_weights import sha256_of as sha256_file  # one file-hash helper
 
 FORMAT = "diffusion_jax.converted/1"
 KINDS = ("linear", "conv", "copy", "cat_linear", "cat", "unbatch")
@@ -207,14 +207,6 @@ def fill_state(abstract: nnx.State, values: dict[str, np.ndarray], *, dtype=jnp.
             (p, v.replace(jnp.asarray(arr, dtype if np.issubdtype(arr.dtype, np.floating) else None)))
         )
     return nnx.from_flat_state(flat)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json_config(cfg) -> str:

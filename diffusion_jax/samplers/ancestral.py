@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.samplers.base import step_noise
-from diffusion_jax.samplers.stochastic import StochasticSampler
+from diffusion_jax.samplers.stochastic import AncestralNoiseSampler
 
 Array = jax.Array
 
@@ -49,7 +49,23 @@ def _sigma_tilde(sch, t):
 
 
 @dataclasses.dataclass(frozen=True)
-class DPMpp2SAncestral(StochasticSampler):
+class _TwoStageAncestral(AncestralNoiseSampler):
+    """Shared part of the two-stage samplers below: NFE 2N (2N - 1 when the grid ends at sigma = 0,
+    that step being the Euler step) and the start of a step in sigma~ coordinates."""
+
+    def nfe(self, num_steps, final_zero=False):
+        return 2 * num_steps - (1 if final_zero else 0)
+
+    @staticmethod
+    def _start(ev, carry, t_cur, t_next):
+        """(alpha(t_next), sigma~(t_cur), sigma~(t_next), x~ = z / alpha(t_cur), D = x0-hat(z, t_cur))."""
+        sch = ev.schedule
+        st, st_n = _sigma_tilde(sch, t_cur), _sigma_tilde(sch, t_next)
+        return sch.alpha(t_next), st, st_n, carry.z / sch.alpha(t_cur), ev.x0(carry.z, t_cur)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMpp2SAncestral(_TwoStageAncestral):
     """DPM-Solver++(2S) with ancestral noise: k-diffusion's `sample_dpmpp_2s_ancestral` (Lu et al.
     2022b, Algorithm 1 with r = 1/2, on the deterministic part sigma~ -> sigma_down of the ancestral
     split; then + s_noise sigma_up n):
@@ -63,23 +79,9 @@ class DPMpp2SAncestral(StochasticSampler):
     """
 
     name: ClassVar[str] = "dpmpp_2s_ancestral"
-    eta: float = 1.0
-    s_noise: float = 1.0
-
-    def validate(self, schedule, num_steps):
-        super().validate(schedule, num_steps)
-        if self.eta < 0 or self.s_noise < 0:
-            raise ValueError(f"{self.name}: eta and s_noise must be >= 0, got {self.eta}, {self.s_noise}")
-
-    def nfe(self, num_steps, final_zero=False):
-        return 2 * num_steps - (1 if final_zero else 0)
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
-        sch = ev.schedule
-        a_c, a_n = sch.alpha(t_cur), sch.alpha(t_next)
-        st, st_n = _sigma_tilde(sch, t_cur), _sigma_tilde(sch, t_next)
-        x = carry.z / a_c
-        d0 = ev.x0(carry.z, t_cur)
+        a_n, st, st_n, x, d0 = self._start(ev, carry, t_cur, t_next)
         down, up = ancestral_split(st, st_n, self.eta)
 
         def two_stage(x):
@@ -94,7 +96,7 @@ class DPMpp2SAncestral(StochasticSampler):
 
 
 @dataclasses.dataclass(frozen=True)
-class DPMppSDE(StochasticSampler):
+class DPMppSDE(_TwoStageAncestral):
     """DPM-Solver++ SDE: k-diffusion's `sample_dpmpp_sde` (a stochastic DPM-Solver++(2S), Lu et al.
     2022b, with ancestral noise on both stages), r = 1/2 by default. With lambda = -log sigma~,
     h = lambda_next - lambda, s = exp(-(lambda + r h)), fac = 1 / (2r):
@@ -112,26 +114,15 @@ class DPMppSDE(StochasticSampler):
     """
 
     name: ClassVar[str] = "dpmpp_sde"
-    eta: float = 1.0
-    s_noise: float = 1.0
     r: float = 0.5
 
     def validate(self, schedule, num_steps):
         super().validate(schedule, num_steps)
-        if self.eta < 0 or self.s_noise < 0:
-            raise ValueError(f"{self.name}: eta and s_noise must be >= 0, got {self.eta}, {self.s_noise}")
         if not 0.0 < self.r < 1.0:
             raise ValueError(f"{self.name}: need 0 < r < 1, got r={self.r}")
 
-    def nfe(self, num_steps, final_zero=False):
-        return 2 * num_steps - (1 if final_zero else 0)
-
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
-        sch = ev.schedule
-        a_c, a_n = sch.alpha(t_cur), sch.alpha(t_next)
-        st, st_n = _sigma_tilde(sch, t_cur), _sigma_tilde(sch, t_next)
-        x = carry.z / a_c
-        d0 = ev.x0(carry.z, t_cur)
+        a_n, st, st_n, x, d0 = self._start(ev, carry, t_cur, t_next)
         mask = jnp.where(i == num_steps - 1, 0.0, 1.0).astype(x.dtype)
         fac = 0.5 / self.r
 

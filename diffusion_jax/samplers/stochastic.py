@@ -121,6 +121,20 @@ class StochasticSampler(Sampler):
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class AncestralNoiseSampler(StochasticSampler):
+    """Base for the samplers with k-diffusion's ancestral-noise knobs: the noise fraction `eta` >= 0
+    and the noise scale `s_noise` >= 0 (both 1 by default), checked by `validate`."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+    def validate(self, schedule, num_steps):
+        super().validate(schedule, num_steps)
+        if self.eta < 0 or self.s_noise < 0:
+            raise ValueError(f"{self.name}: eta and s_noise must be >= 0, got {self.eta}, {self.s_noise}")
+
+
 # -------------------------------------------------------------------------------------------------
 # Euler-Maruyama on the reverse SDE
 # -------------------------------------------------------------------------------------------------
@@ -225,7 +239,7 @@ class DDIMStochastic(StochasticSampler):
 
 
 @dataclasses.dataclass(frozen=True)
-class EulerAncestral(StochasticSampler):
+class EulerAncestral(AncestralNoiseSampler):
     """Euler ancestral in sigma~ = sigma/alpha coordinates, x~ = z/alpha (the k-diffusion
     `sample_euler_ancestral` scheme; Karras et al. 2022, eq. 4 for the coordinates):
         sigma_up = min(sigma~_s, eta * sigma~_s sqrt(1 - sigma~_s^2 / sigma~_t^2)),
@@ -236,13 +250,6 @@ class EulerAncestral(StochasticSampler):
     """
 
     name: ClassVar[str] = "euler_ancestral"
-    eta: float = 1.0
-    s_noise: float = 1.0
-
-    def validate(self, schedule, num_steps):
-        super().validate(schedule, num_steps)
-        if self.eta < 0 or self.s_noise < 0:
-            raise ValueError(f"{self.name}: eta and s_noise must be >= 0, got {self.eta}, {self.s_noise}")
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
         z = carry.z
