@@ -141,18 +141,57 @@ def evaluate(
     return out
 
 
+def _pretrained_eval_inputs(cfg):
+    """Check the `eval` section of a pretrained config before anything is compiled and return the real
+    images `evaluate_images` needs (None when FID runs against `eval.reference_stats`). A missing
+    Inception weights or statistics file is a one-line FileNotFoundError naming the file and how to
+    make it; metrics needing real images without a TFDS dataset in data.* are a ValueError."""
+    from diffusion_jax.metrics import image_eval, inception_weights
+
+    e = cfg.eval
+    metrics = [m for m in e.get("metrics", ()) if m in image_eval.IMAGE_METRICS]
+    s = image_eval.settings(e)
+    if ("fid" in metrics or "kid" in metrics) and not os.path.isfile(s["inception_weights"] or ""):
+        raise FileNotFoundError(
+            f"eval.inception_weights={s['inception_weights']!r} not found; download "
+            f"{inception_weights.PUBLISHED_URL} and run `python -m diffusion_jax.metrics.inception_weights "
+            f"pt_inception-2015-12-05-6726825d.pth {s['inception_weights'] or 'X.npz'}`"
+        )
+    if s["reference_stats"] and not os.path.isfile(s["reference_stats"]):
+        raise FileNotFoundError(
+            f"eval.reference_stats={s['reference_stats']!r} not found; supply the published statistics "
+            "(an .npz with mu / sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz) or make them with "
+            "metrics.fid.save_statistics from metrics.features.feature_statistics of the reference images"
+        )
+    image_eval.validate(e)
+    if "bpd" in metrics or "bpd_elbo" in metrics:
+        raise ValueError(f"eval.metrics={metrics}: bpd / bpd_elbo need a trained run's denoiser; valid "
+                         f"for pretrained configs: {[m for m in image_eval.IMAGE_METRICS if 'bpd' not in m]}")  # fmt: skip
+    if not image_eval.needs_real_images(e):
+        return None
+    if cfg.get("data") is None or cfg.data.get("source") != "tfds":
+        raise ValueError(
+            f"eval.metrics={metrics} need real images: set eval.reference_stats (FID only) or a TFDS "
+            "image dataset in data.* (data.source='tfds')"
+        )
+    return _real_images(cfg)
+
+
 def evaluate_pretrained(cfg, workdir: str, *, progress: bool = False) -> dict:
     """Draw seeds 0..eval.num_samples-1 of a pretrained config (`configs/pretrained/*`, converted
     published weights; latent models decoded through their VAE) through the one engine and write
     `<workdir>/eval/pretrained.json` and `pretrained.png`; `workdir` is an output folder, not a run.
-    Metrics: the fraction of finite samples and the pixel mean / std (image FID needs the Inception
-    weights and reference statistics, `metrics.fid`)."""
+    Metrics: the fraction of finite samples, the pixel mean / std and what `eval.metrics` asks for
+    (FID / KID / precision-recall through `metrics.image_eval.evaluate_images`, against
+    `eval.reference_stats` or the dataset in data.*); every file is checked before compiling."""
     import jax
     import numpy as np
 
     from diffusion_jax.convert import pretrained
+    from diffusion_jax.metrics import image_eval
     from diffusion_jax.training import periodic
 
+    real = _pretrained_eval_inputs(cfg)  # eval files and names checked before compiling
     plan = pretrained.make_plan(cfg)  # validated (files, names, labels) before compiling
     n = int(cfg.eval.num_samples)
     pi, pc = jax.process_index(), jax.process_count()
@@ -169,6 +208,7 @@ def evaluate_pretrained(cfg, workdir: str, *, progress: bool = False) -> dict:
     out = {"weights": meta["weights"], "num_samples": n, "sampler": meta["sampler"], "grid": meta["grid"],
            "nfe": meta["nfe"], "guidance_scale": meta["guidance_scale"], "frac_finite": float(np.mean(finite)),
            "pixel_mean": float(np.mean(images[finite])), "pixel_std": float(np.std(images[finite]))}  # fmt: skip
+    out.update(image_eval.evaluate_images(cfg.eval, images, real=real, progress=progress))
     if pi == 0:
         out_dir = os.path.join(workdir, "eval")
         os.makedirs(out_dir, exist_ok=True)

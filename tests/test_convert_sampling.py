@@ -141,14 +141,67 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
             assert f["sample"].shape == (16, 16, 3)
             np.testing.assert_array_equal(f["sample"], want[s])
             assert int(f["label"]) == s  # labels 0-9 cycled over the seeds
+    # evaluate: FID of seeds 0-7 against reference statistics made by our statistics code, with a
+    # converted random-weight Inception; equals pytorch-fid's formula on pytorch-fid's network
+    pytest.importorskip("pytorch_fid")
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    from diffusion_jax.metrics import features, fid, inception, inception_weights
+    from tests.test_metrics_inception import build_random_reference
+
+    net, _, inc, _ = build_random_reference(str(tmp_path))
+    ref_u8 = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    r8 = features.feature_statistics(inception.feature_fn(*inception_weights.load_inception(inc)),
+                                     features.dataset_batches(8, features.array_reader(ref_u8), 8), batch_size=8)  # fmt: skip
+    stats = str(tmp_path / "ref_stats.npz")
+    fid.save_statistics(stats, r8.mu, r8.sigma, num_images=8)
     ev = [sys.executable, "-m", "diffusion_jax.evaluate", f"--workdir={tmp_path / 'ev'}", "--progress=false",
-          "--config.eval.num_samples=3", *args[3:6]]  # fmt: skip
+          "--config.eval.num_samples=8", "--config.eval.batch_size=8", f"--config.eval.inception_weights={inc}",
+          f"--config.eval.reference_stats={stats}", *args[3:6]]  # fmt: skip
     r = subprocess.run(ev, cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    printed = json.loads(r.stdout[r.stdout.index("{") :])
     with open(tmp_path / "ev" / "eval" / "pretrained.json") as f:
         res = json.load(f)
+    assert res == printed
     assert res["frac_finite"] == 1.0 and res["nfe"] == 4 and res["guidance_scale"] == 4.0
-    assert np.isclose(res["pixel_mean"], want.mean(), rtol=1e-5)
+    fake = np.asarray(plan.decode(plan.sample(list(range(8)))))
+    assert np.isclose(res["pixel_mean"], fake.mean(), rtol=1e-5)
+
+    def torch_stats(u8):
+        x = torch.from_numpy(u8.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            f = net(x)[0][:, :, 0, 0].numpy().astype(np.float64)
+        return f.mean(0), np.cov(f, rowvar=False)
+
+    fake_u8 = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    want_fid = calculate_frechet_distance(*torch_stats(fake_u8), *torch_stats(ref_u8))
+    print(f"pretrained evaluate FID {res['fid']:.6f}, pytorch-fid {want_fid:.6f}")
+    assert res["fid"] == pytest.approx(want_fid, rel=1e-3)
+
+
+def test_evaluate_pretrained_missing_eval_files_fail_before_sampling(tiny, tmp_path):
+    """A missing Inception weights or reference statistics file is a one-line error naming the file and
+    how to make it, raised before anything is compiled or written."""
+    from diffusion_jax import evaluate
+
+    _, _, cfg = tiny
+    cfg = cfg.copy_and_resolve_references()
+    cfg.eval.inception_weights = str(tmp_path / "no_inception.npz")
+    with pytest.raises(FileNotFoundError) as e:
+        evaluate.evaluate_pretrained(cfg, str(tmp_path / "ev"))
+    msg = str(e.value)
+    assert "eval.inception_weights" in msg and "no_inception.npz" in msg and "\n" not in msg
+    assert "python -m diffusion_jax.metrics.inception_weights" in msg
+    cfg.eval.inception_weights = __file__  # exists; the statistics do not
+    cfg.eval.reference_stats = str(tmp_path / "no_stats.npz")
+    with pytest.raises(FileNotFoundError, match=r"eval.reference_stats=.*no_stats.npz.*save_statistics") as e:
+        evaluate.evaluate_pretrained(cfg, str(tmp_path / "ev"))
+    assert "\n" not in str(e.value)
+    cfg.eval.reference_stats = ""
+    with pytest.raises(ValueError, match="need real images"):
+        evaluate.evaluate_pretrained(cfg, str(tmp_path / "ev"))
+    assert not os.path.exists(tmp_path / "ev")
 
 
 def test_ddpm_cifar10_tiny_pixel_model_matches_diffusers(tmp_path):

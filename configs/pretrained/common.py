@@ -12,12 +12,33 @@ def entry(path: str, published: str, convert: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(path=path, published=published, convert=convert))
 
 
-def sampling_config(*, steps: int, labels: str = "", guidance: float = 1.0) -> ml_collections.ConfigDict:
+INCEPTION = "checkpoints/pt_inception.npz"  # python -m diffusion_jax.metrics.inception_weights ...
+
+
+def eval_config(reference_stats: str, num_samples: int = 16) -> ml_collections.ConfigDict:
+    """What `diffusion_jax.evaluate` reports for a pretrained config: FID of `num_samples` seeds
+    (Inception weights `INCEPTION`) against `reference_stats` (an .npz with mu / sigma); any metric of
+    `metrics.image_eval` can be asked for (`--config.eval.metrics`, with a TFDS dataset in data.*)."""
+    from diffusion_jax.metrics import image_eval
+
+    e = ml_collections.ConfigDict(dict(image_eval.DEFAULTS))
+    e.update(
+        num_samples=num_samples,
+        metrics=("fid",),
+        inception_weights=INCEPTION,
+        reference_stats=reference_stats,
+    )
+    return e
+
+
+def sampling_config(
+    *, steps: int, labels: str = "", guidance: float = 1.0, reference_stats: str = ""
+) -> ml_collections.ConfigDict:
     """A sampling request (`diffusion_jax.sample`'s fields) for a pretrained denoiser.
 
     Default sampler: DDIM (Song et al. 2021) on DDIM's 'leading' timesteps, `steps` steps ending on
     clean data (grid 'leading' with steps - 1 intervals plus final_zero), as diffusers' DDIMScheduler.
-    `eval.num_samples`: how many seeds `diffusion_jax.evaluate` draws.
+    `eval`: what `diffusion_jax.evaluate` reports (`eval_config`).
     """
     from diffusion_jax import sample
 
@@ -33,5 +54,5 @@ def sampling_config(*, steps: int, labels: str = "", guidance: float = 1.0) -> m
     cfg.chunk_size = 4
     cfg.dtype = "float32"
     cfg.conditioning = ml_collections.ConfigDict(dict(labels=labels, caption="", guidance_scale=guidance))
-    cfg.eval = ml_collections.ConfigDict(dict(num_samples=16))
+    cfg.eval = eval_config(reference_stats)
     return cfg

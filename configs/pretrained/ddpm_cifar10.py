@@ -16,7 +16,9 @@ def get_config(arg=None):
     if arg not in (None, "", "tiny"):
         raise ValueError(f"pretrained/ddpm_cifar10: variant {arg!r} unknown; valid: None, 'tiny'")
     tiny = arg == "tiny"
-    cfg = common.sampling_config(steps=4 if tiny else 50)
+    # FID reference: the CIFAR-10 training-set statistics published with TTUR / pytorch-fid
+    ref = "tiny_stats.npz" if tiny else "fid_stats_cifar10_train.npz"
+    cfg = common.sampling_config(steps=4 if tiny else 50, reference_stats=f"checkpoints/reference/{ref}")
     path = f"{DIR}/{'unet_tiny' if tiny else 'ddpm_cifar10'}.safetensors"
     den = common.entry(
         path,

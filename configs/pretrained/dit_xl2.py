@@ -23,7 +23,15 @@ def get_config(arg=None):
     if arg not in VARIANTS:
         raise ValueError(f"pretrained/dit_xl2: variant {arg!r} unknown; valid: {VARIANTS}")
     tiny = arg == "tiny"
-    cfg = common.sampling_config(steps=4 if tiny else 50, labels="0-9" if tiny else "0-999", guidance=4.0)
+    # FID reference: the ADM evaluation suite's ImageNet reference batches (Dhariwal & Nichol 2021), which
+    # DiT reports against; their .npz holds mu / sigma of the same Inception pool3 features
+    ref = (
+        "tiny_stats.npz"
+        if tiny
+        else {"256": "VIRTUAL_imagenet256_labeled.npz", "512": "VIRTUAL_imagenet512.npz"}[arg]
+    )
+    cfg = common.sampling_config(steps=4 if tiny else 50, labels="0-9" if tiny else "0-999", guidance=4.0,
+                                 reference_stats=f"checkpoints/reference/{ref}")  # fmt: skip
     if tiny:
         den = common.entry(f"{DIR}/dit_tiny.safetensors", "(random weights, written by the tests)",
                            "python -m diffusion_jax.convert dit <tiny DiT folder> --out ...")  # fmt: skip

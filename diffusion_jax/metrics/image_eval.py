@@ -114,6 +114,15 @@ def validate(eval_cfg, check_files: bool = True) -> None:
         raise FileNotFoundError(f"eval.reference_stats={s['reference_stats']!r} not found")
 
 
+def needs_real_images(eval_cfg) -> bool:
+    """Whether the metrics `eval_cfg.metrics` asks for need real images (FID alone with
+    `eval.reference_stats` does not; every other metric, and FID without statistics, does)."""
+    metrics = [m for m in eval_cfg.metrics if m in IMAGE_METRICS]
+    s = settings(eval_cfg)
+    need = _extractors(metrics, s) - ({"inception"} if s["reference_stats"] and metrics == ["fid"] else set())
+    return bool(need) or "bpd" in metrics or "bpd_elbo" in metrics
+
+
 def _feature_fns(need, s) -> dict[str, Callable]:
     from diffusion_jax.metrics import classifier, inception, inception_weights
 
@@ -210,8 +219,7 @@ def evaluate_images(
 
     s = settings(eval_cfg)
     need = _extractors(metrics, s)
-    needs_real = bool(need - ({"inception"} if s["reference_stats"] and metrics == ["fid"] else set()))
-    if (needs_real or "bpd" in metrics or "bpd_elbo" in metrics) and real is None:
+    if needs_real_images(eval_cfg) and real is None:
         raise ValueError(f"eval.metrics={metrics} need real images (a TFDS image dataset in data.*)")
     if ("bpd" in metrics or "bpd_elbo" in metrics) and denoiser is None:
         raise ValueError("eval.metrics bpd / bpd_elbo need the run's denoiser")
