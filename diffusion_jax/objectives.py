@@ -36,6 +36,8 @@ reference wherever a name is accepted (`extensions`; docs/design.md shows one of
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -111,13 +113,27 @@ def kingma_gao_weight(obj: Objective, t: Array) -> Array:
 # -------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class VelocityHead:
+    """The velocity half of a two-head network whose last axis is [velocity, score] (score_head).
+    `two_heads` is the network itself (what `both_heads` restores for the interpolant SDE sampler)."""
+
+    two_heads: P.NetFn
+
+    def __call__(self, params, z, t_in, cond, rng):
+        return self.two_heads(params, z, t_in, cond, rng)[..., : z.shape[-1]]
+
+
 def velocity_head(net_fn: P.NetFn) -> P.NetFn:
     """The velocity half of a two-head network whose last axis is [velocity, score] (score_head)."""
+    return VelocityHead(net_fn)
 
-    def head(params, z, t_in, cond, rng):
-        return net_fn(params, z, t_in, cond, rng)[..., : z.shape[-1]]
 
-    return head
+def both_heads(denoiser: P.Denoiser) -> P.Denoiser:
+    """The two-head [velocity, score] denoiser behind a velocity-head one (`head='velocity'` of a
+    score_head objective), with the same parameters and conditioning; any other denoiser unchanged."""
+    fn = denoiser.net_fn
+    return denoiser.replace(net_fn=fn.two_heads) if isinstance(fn, VelocityHead) else denoiser
 
 
 def make_denoiser_from_config(obj_cfg, net_fn: P.NetFn, params=None, head: str = "velocity") -> P.Denoiser:
@@ -264,6 +280,8 @@ __all__ = [
     "check_source",
     "make_loss",
     "velocity_head",
+    "VelocityHead",
+    "both_heads",
     "objective_preset",
     "pair_batch_exact_ot",
     "pair_from_plan",

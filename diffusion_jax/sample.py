@@ -250,9 +250,10 @@ def build_plan(cfg, workdir: str | None):
         raise ValueError("config.denoiser.source='checkpoint' needs --workdir (a training run)")
     run_cfg = checkpoints.load_config(workdir)
     spec = sampling.spec_from_run(run_cfg).override(**request_overrides(cfg))
-    sampling.build_sampler_and_grid(
+    sampler, _ = sampling.build_sampler_and_grid(
         spec, _cheap_schedule(workdir), prefix="config"
     )  # names, before loading weights
+    sampling.check_score_head(run_cfg, sampler, spec.sampler, prefix="config")
     den, run_cfg, shape, step, weights = sampling.load_run(workdir, step=cfg.denoiser.step, ema=spec.ema)
     plan = sampling.make_plan(run_cfg, den, shape, spec, step=step, weights=weights)
     m = plan.meta

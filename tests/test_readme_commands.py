@@ -89,6 +89,10 @@ def test_every_readme_command_runs(tmp_path):
     assert len(outs) == 2 and any("heun_karras20" in d for d in outs), outs
     assert len([f for f in os.listdir(os.path.join(ot, outs[0])) if f.endswith(".npz")]) in (64, 65)
     assert os.path.exists(os.path.join(runs, "ot", "eval"))
+    sb = os.path.join(runs, "sbcfm", "samples")  # the SB-CFM run sampled on its SDE
+    (sde,) = [d for d in os.listdir(sb) if "interpolant_em" in d]
+    last = np.load(os.path.join(sb, sde, "000015.npz"))
+    assert str(last["sampler"]) == "interpolant_em" and np.all(np.isfinite(last["sample"]))
     cond_root = os.path.join(runs, "fmnist_cond", "samples")
     (cond_dir,) = [os.path.join(cond_root, d) for d in os.listdir(cond_root) if d.endswith("_cfg2")]
     files = {s: np.load(os.path.join(cond_dir, f"{s:06d}.npz")) for s in range(100)}

@@ -93,6 +93,20 @@ def test_nfe_counted_equals_static_with_final_zero(name, x64):
 ALL_SAMPLERS = registry.list_samplers()
 
 
+def _heads_for(sampler, den):
+    """`den` as a two-head [velocity, score = 0] network for samplers that need a score head (the
+    interpolant SDE); unchanged otherwise. One network call either way."""
+    if not sampler.needs_score_head:
+        return den
+    f = den.net_fn
+
+    def two_heads(*a):
+        out = f(*a)
+        return jnp.concatenate([out, jnp.zeros_like(out)], axis=-1)
+
+    return den.replace(net_fn=two_heads)
+
+
 @pytest.mark.parametrize("final_zero", [False, True], ids=["t_min", "to_zero"])
 @pytest.mark.parametrize("name", ALL_SAMPLERS)
 def test_static_nfe_equals_network_calls_counted_at_run_time(name, final_zero, x64):
@@ -120,7 +134,7 @@ def test_static_nfe_equals_network_calls_counted_at_run_time(name, final_zero, x
         calls.append(1)
         return den.net_fn(params, z_in, t_in, cond, rng)
 
-    den_c = den.replace(net_fn=counting_net)
+    den_c = _heads_for(sampler, den.replace(net_fn=counting_net))
     # 4 steps either way; with final_zero the 4th step lands on t = 0 (sigma = 0).
     grid = make_grid("logsnr", 3, sch, final_zero=True) if final_zero else make_grid("logsnr", 4, sch)
     assert grid.shape == (5,) and (float(grid[-1]) == 0.0) == final_zero
@@ -326,7 +340,7 @@ def test_rectified_flow_from_t1_is_finite_or_rejected_before_compiling(x64):
     for name in registry.list_samplers():
         s = registry.get_sampler(name)
         traced = []
-        fake = den.replace(net_fn=lambda *a, f=den.net_fn: traced.append(1) or f(*a))
+        fake = _heads_for(s, den.replace(net_fn=lambda *a, f=den.net_fn: traced.append(1) or f(*a)))
         try:
             out = s.run(fake, z, g, keys if s.stochastic else None).samples
         except ValueError as e:

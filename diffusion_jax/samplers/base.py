@@ -269,6 +269,9 @@ class Sampler:
 
     name: ClassVar[str] = "base"
     stochastic: ClassVar[bool] = False
+    # True: `run` needs a two-head [velocity, score] denoiser (objective.score_head; the sampling
+    # plan selects that head and refuses runs without one before compiling).
+    needs_score_head: ClassVar[bool] = False
 
     # ---- what a sampler implements -------------------------------------------------------------
 

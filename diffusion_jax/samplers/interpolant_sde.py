@@ -34,6 +34,7 @@ class InterpolantEM(Sampler):
 
     name: ClassVar[str] = "interpolant_em"
     stochastic: ClassVar[bool] = True
+    needs_score_head: ClassVar[bool] = True
     diffusion: float = 0.0
     shape: str = "constant"
 

@@ -83,6 +83,12 @@ SAMPLER_FACTS = {
     "pc": ("weak 1", "N (1 + n_corrector)", "predictor-corrector with Langevin corrector (Song et al. 2021)"),
     "dpmpp_2s_ancestral": ("2 (ODE part)", "2N (2N-1 to 0)", "k-diffusion DPM++ 2S ancestral"),
     "dpmpp_sde": ("2 (ODE part)", "2N (2N-1 to 0)", "k-diffusion DPM++ SDE (stochastic 2S, Brownian noise)"),
+    "interpolant_em": (
+        "weak 1",
+        "N",
+        "stochastic-interpolant Euler-Maruyama (Albergo & Vanden-Eijnden 2023), kwargs diffusion>=0, "
+        "shape=constant|bridge; needs objective.score_head",
+    ),
     "restart": (
         "2 (ODE part)",
         "2N (2N-1 to 0) + 2 K steps",

@@ -19,6 +19,7 @@ from diffusion_jax.samplers import (
     adaptive,
     ancestral,
     deterministic,
+    interpolant_sde,
     lms,
     multistep,
     names,
@@ -65,6 +66,7 @@ def _stochastic() -> dict[str, type[Sampler]]:
         "dpmpp_2s_ancestral": ancestral.DPMpp2SAncestral,
         "dpmpp_sde": ancestral.DPMppSDE,
         "restart": restart.Restart,
+        "interpolant_em": interpolant_sde.InterpolantEM,
     }
 
 

@@ -260,6 +260,7 @@ def make_plan(
         raise ValueError(f"sampling.dtype={spec.dtype!r} unknown; valid: {list(DTYPES)}")
     _check_number(spec.guidance_scale, "sampling.guidance_scale")
     sampler, grid = build_sampler_and_grid(spec, denoiser.schedule)
+    denoiser = _select_head(run_cfg, denoiser, sampler, spec.sampler)
     cond_fn, condition_of, null = conditioning(run_cfg, spec, label_of)
     scale = float(spec.guidance_scale)
     if scale != 1.0:
@@ -304,6 +305,29 @@ def make_plan(
         denoiser, sampler, grid, tuple(int(s) for s in shape), spec.dtype, int(spec.base_seed),
         int(spec.chunk_size), cond_fn, condition_of, meta, source,
     )  # fmt: skip
+
+
+def check_score_head(run_cfg, sampler, name: str, prefix: str = "sampling") -> None:
+    """ValueError (one line, before loading weights or compiling) if `sampler` needs a score head
+    (`needs_score_head`: the interpolant SDE) and the run was trained without `objective.score_head`."""
+    obj = run_cfg.get("objective", None) or {}
+    if getattr(sampler, "needs_score_head", False) and not bool(obj.get("score_head", False)):
+        raise ValueError(
+            f"{prefix}.sampler={name!r} needs a score head, but this run was trained without one "
+            "(objective.score_head=False); use an ODE sampler (e.g. euler) or train with score_head=True"
+        )
+
+
+def _select_head(run_cfg, denoiser, sampler, name: str):
+    """The denoiser `sampler` runs on: the two-head [velocity, score] one (`objectives.both_heads`)
+    for a sampler with `needs_score_head`, refused for a run without a score head
+    (`check_score_head`); the given (velocity) denoiser otherwise."""
+    check_score_head(run_cfg, sampler, name)
+    if not getattr(sampler, "needs_score_head", False):
+        return denoiser
+    from diffusion_jax import objectives
+
+    return objectives.both_heads(denoiser)
 
 
 def _static_nfe(sampler, grid, final_zero: bool) -> int:
@@ -379,6 +403,7 @@ __all__ = [
     "Plan",
     "SamplingSpec",
     "build_sampler_and_grid",
+    "check_score_head",
     "conditioning",
     "load_run",
     "local_params",
