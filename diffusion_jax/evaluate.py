@@ -146,23 +146,14 @@ def _pretrained_eval_inputs(cfg):
     images `evaluate_images` needs (None when FID runs against `eval.reference_stats`). A missing
     Inception weights or statistics file is a one-line FileNotFoundError naming the file and how to
     make it; metrics needing real images without a TFDS dataset in data.* are a ValueError."""
-    from diffusion_jax.metrics import image_eval, inception_weights
+    from diffusion_jax.metrics import image_eval
 
     e = cfg.eval
     metrics = [m for m in e.get("metrics", ()) if m in image_eval.IMAGE_METRICS]
-    s = image_eval.settings(e)
-    if ("fid" in metrics or "kid" in metrics) and not os.path.isfile(s["inception_weights"] or ""):
-        raise FileNotFoundError(
-            f"eval.inception_weights={s['inception_weights']!r} not found; download "
-            f"{inception_weights.PUBLISHED_URL} and run `python -m diffusion_jax.metrics.inception_weights "
-            f"pt_inception-2015-12-05-6726825d.pth {s['inception_weights'] or 'X.npz'}`"
-        )
-    if s["reference_stats"] and not os.path.isfile(s["reference_stats"]):
-        raise FileNotFoundError(
-            f"eval.reference_stats={s['reference_stats']!r} not found; supply the published statistics "
-            "(an .npz with mu / sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz) or make them with "
-            "metrics.fid.save_statistics from metrics.features.feature_statistics of the reference images"
-        )
+    if "fid" in metrics or "kid" in metrics:
+        image_eval.require_file("inception_weights", e.get("inception_weights", ""))
+    if e.get("reference_stats", ""):
+        image_eval.require_file("reference_stats", e.reference_stats)
     image_eval.validate(e)
     if "bpd" in metrics or "bpd_elbo" in metrics:
         raise ValueError(f"eval.metrics={metrics}: bpd / bpd_elbo need a trained run's denoiser; valid "

@@ -7,7 +7,10 @@ sampler's own accounting, fits; grids end with a final step to t = 0). It draws 
 sample `diffusion_jax.sample` writes for it) and decodes latent models through their VAE. FID
 (Heusel et al. 2017) uses InceptionV3 pool3 features (`metrics.inception`, 8-bit quantised images)
 against reference statistics (`--reference`, an `.npz` with mu / sigma, e.g. the ADM ImageNet
-reference batches' statistics).
+reference batches' statistics). `--inception` / `--reference` default to the config's
+`eval.inception_weights` / `eval.reference_stats`, the files `diffusion_jax.evaluate` uses; the Inception
+network, its 8-bit input quantisation and the Frechet distance are `metrics.inception` / `metrics.fid`,
+as in `metrics.image_eval`.
 
 Resumable: each finished row is appended to `<out>/results.jsonl` and skipped when the run is
 repeated with the same settings; `results.md` is rewritten at the end. Multi-host: each process
@@ -37,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from diffusion_jax.convert import pretrained
-from diffusion_jax.metrics import fid, inception, inception_weights
+from diffusion_jax.metrics import fid, image_eval, inception, inception_weights
 from diffusion_jax.samplers import registry
 from diffusion_jax.training import overrides
 
@@ -124,6 +127,11 @@ def run(cfg, a) -> list[dict]:
     samplers, grids, nfes = _csv(a.samplers), _csv(a.grids), [int(x) for x in _csv(a.nfe)]
     for s in samplers:
         registry.get_sampler(s)  # names checked before anything is compiled
+    if a.features == "inception" and not a.quick:  # the files `evaluate` uses for this config (eval.*)
+        a.inception = a.inception or cfg.eval.get("inception_weights", "")
+        a.reference = a.reference or cfg.eval.get("reference_stats", "")
+        image_eval.require_file("inception_weights", a.inception)
+        image_eval.require_file("reference_stats", a.reference)
     pretrained.check_files(cfg.pretrained)
     pre = pretrained.load_pretrained(cfg)  # loaded once, every row's plan shares it
     base = pretrained.make_plan(cfg, pre)

@@ -43,3 +43,20 @@ def test_quick_fid_table_and_resume(tmp_path):
     with open(os.path.join(out, "results.jsonl")) as f:
         assert len(f.readlines()) == 2
     assert "| ddim | leading | 3 | 2 |" in open(os.path.join(out, "results.md")).read()
+
+
+def test_defaults_to_the_eval_files_and_names_a_missing_one(tmp_path, capsys):
+    """Without --inception / --reference the benchmark uses the config's eval.inception_weights /
+    eval.reference_stats (the files `evaluate` uses); a missing one is a one-line error before compiling."""
+    inc = tmp_path / "inc.npz"
+    argv = ["prog", "--config=configs/pretrained/dit_xl2.py:256", f"--config.eval.inception_weights={inc}",
+            f"--out={tmp_path / 'out'}"]  # fmt: skip
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: eval.inception_weights='{inc}' not found") and "\n" not in err
+    assert "python -m diffusion_jax.metrics.inception_weights" in err
+    inc.write_bytes(b"")  # exists; the config's reference statistics do not
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "eval.reference_stats='checkpoints/reference/VIRTUAL_imagenet256_labeled.npz' not found" in err
+    assert not os.path.exists(tmp_path / "out")

@@ -114,6 +114,27 @@ def validate(eval_cfg, check_files: bool = True) -> None:
         raise FileNotFoundError(f"eval.reference_stats={s['reference_stats']!r} not found")
 
 
+def require_file(field: str, path: str) -> None:
+    """One-line FileNotFoundError naming `eval.<field>` (inception_weights or reference_stats), the
+    missing `path` and how to make the file; nothing when it exists."""
+    if os.path.isfile(path or ""):
+        return
+    if field == "inception_weights":
+        from diffusion_jax.metrics import inception_weights
+
+        how = (
+            f"download {inception_weights.PUBLISHED_URL} and run `python -m diffusion_jax.metrics.inception_weights "
+            f"pt_inception-2015-12-05-6726825d.pth {path or 'X.npz'}`"
+        )
+    else:
+        how = (
+            "supply the published statistics (an .npz with mu / sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz) "
+            "or make them with metrics.fid.save_statistics from metrics.features.feature_statistics of the "
+            "reference images"
+        )
+    raise FileNotFoundError(f"eval.{field}={path!r} not found; {how}")
+
+
 def needs_real_images(eval_cfg) -> bool:
     """Whether the metrics `eval_cfg.metrics` asks for need real images (FID alone with
     `eval.reference_stats` does not; every other metric, and FID without statistics, does)."""
