@@ -403,6 +403,24 @@ ALPHA_FREE_ADVICE = (
 ALPHA_EPS = 1e-10
 
 
+@dataclasses.dataclass(frozen=True)
+class EpsHistorySampler(Sampler):
+    """Base for the linear multistep samplers over a history of eps-hat's in sigma / alpha coordinates
+    (iPNDM, LMS): `order` an integer in 1..4 (default 4); the carry's aux is a `History` of `order`
+    entries (`history_init` / `history_push`)."""
+
+    needs_alpha = True  # sigma~ = sigma / alpha coordinates (see Sampler.needs_alpha)
+    order: int = 4
+
+    def validate(self, schedule, num_steps) -> None:
+        super().validate(schedule, num_steps)
+        if not isinstance(self.order, int) or not 1 <= self.order <= 4:
+            raise ValueError(f"{self.name}: `order` must be an integer in 1..4, got {self.order!r}")
+
+    def init_aux(self, ev, z, grid) -> History:
+        return history_init(self.order, z, grid.dtype)
+
+
 def _concrete(grid) -> np.ndarray | None:
     """The grid as numpy if it is known at trace time (numpy / concrete jax array), else None."""
     try:

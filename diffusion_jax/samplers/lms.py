@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers.base import History, Sampler, history_init, history_push, multistep_order
+from diffusion_jax.samplers.base import EpsHistorySampler, history_push, multistep_order
 
 Array = jax.Array
 
@@ -50,7 +50,7 @@ def lagrange_integrals(points: Array, a: Array, b: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class LMS(Sampler):
+class LMS(EpsHistorySampler):
     """Linear multistep (variable-step Adams-Bashforth) in sigma~, k-diffusion's `sample_lms`
     (Crowson, k-diffusion; Karras et al. 2022 eq. 4 coordinates; the method: Hairer et al.,
     "Solving ODEs I", III.1 eq. 1.5 with variable steps): see the module docstring. Order `order`
@@ -60,16 +60,6 @@ class LMS(Sampler):
     """
 
     name: ClassVar[str] = "lms"
-    needs_alpha = True  # sigma~ = sigma / alpha coordinates
-    order: int = 4
-
-    def validate(self, schedule, num_steps):
-        super().validate(schedule, num_steps)
-        if not isinstance(self.order, int) or not 1 <= self.order <= 4:
-            raise ValueError(f"{self.name}: `order` must be an integer in 1..4, got {self.order!r}")
-
-    def init_aux(self, ev, z, grid) -> History:
-        return history_init(self.order, z, grid.dtype)
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
         s = ev.schedule

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.samplers.base import (
     LOWER_ORDER_FINAL,
+    EpsHistorySampler,
     History,
     Sampler,
     history_init,
@@ -343,7 +344,7 @@ _AB = (
 
 
 @dataclasses.dataclass(frozen=True)
-class IPNDM(Sampler):
+class IPNDM(EpsHistorySampler):
     """iPNDM, the improved pseudo-numerical method of Zhang & Chen 2023 ("Fast Sampling of Diffusion
     Models with Exponential Integrator", DEIS, sec. 5 / appendix): PNDM's linear multistep update
     (Liu et al. 2022, "PNDM") on the ODE dy/drho = eps-hat(y, rho) in y = z / alpha, rho = sigma / alpha,
@@ -357,18 +358,7 @@ class IPNDM(Sampler):
     NFE: N. The step to sigma = 0 is regular here (rho = 0).
     """
 
-    needs_alpha = True  # logSNR coordinates (see Sampler.needs_alpha)
-
     name: ClassVar[str] = "ipndm"
-    order: int = 4
-
-    def validate(self, schedule: Schedule, num_steps: int) -> None:
-        super().validate(schedule, num_steps)
-        if not isinstance(self.order, int) or not 1 <= self.order <= 4:
-            raise ValueError(f"{self.name}: `order` must be an integer in 1..4, got {self.order!r}")
-
-    def init_aux(self, ev, z, grid) -> History:
-        return history_init(self.order, z, grid.dtype)
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
         s = ev.schedule
