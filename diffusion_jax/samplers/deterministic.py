@@ -98,6 +98,12 @@ class _ODERK(Sampler):
         z = self._to_z(den.schedule, y, t)
         return den.velocity(z, t) if self.coords == "t" else den.eps(z, t)
 
+    def _start(self, ev, carry, t_cur, t_next):
+        """The start of a multi-stage step: (schedule, y(t_cur), tau(t_cur), tau(t_next) - tau(t_cur))."""
+        s = ev.schedule
+        tau_c, tau_n = self._tau(s, t_cur), self._tau(s, t_next)
+        return s, self._to_y(s, carry.z, t_cur), tau_c, tau_n - tau_c
+
 
 @dataclasses.dataclass(frozen=True)
 class Euler(_ODERK):
@@ -160,10 +166,7 @@ class Midpoint(_ODERK):
     name: ClassVar[str] = "midpoint"
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
-        s = ev.schedule
-        y = self._to_y(s, carry.z, t_cur)
-        tau_c, tau_n = self._tau(s, t_cur), self._tau(s, t_next)
-        dtau = tau_n - tau_c
+        s, y, tau_c, dtau = self._start(ev, carry, t_cur, t_next)
         t_mid = self._t(s, tau_c + 0.5 * dtau)
         d1 = self._f(ev, y, t_cur)
         d2 = self._f(ev, y + 0.5 * dtau * d1, t_mid)
@@ -185,10 +188,7 @@ class RK4(_ODERK):
     name: ClassVar[str] = "rk4"
 
     def update(self, ev, carry, t_cur, t_next, i, keys, num_steps):
-        s = ev.schedule
-        y = self._to_y(s, carry.z, t_cur)
-        tau_c, tau_n = self._tau(s, t_cur), self._tau(s, t_next)
-        dtau = tau_n - tau_c
+        s, y, tau_c, dtau = self._start(ev, carry, t_cur, t_next)
         k1 = self._f(ev, y, t_cur)
 
         def rk4(_):
