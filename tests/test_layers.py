@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "diffusion_jax"
 
 LAYERS = (
     ("base", ("extensions",)),
-    ("schedules", ("schedules",)),
+    ("schedules", ("schedule_base", "schedules")),
     ("predictions, conditioning", ("predictions", "conditioning")),
     (
         "objectives, couplings, interpolants, analytic",
