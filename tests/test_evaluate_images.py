@@ -24,6 +24,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
 
 from diffusion_jax import evaluate as ev  # noqa: E402
 from diffusion_jax.metrics import classifier, image_eval  # noqa: E402
+from tests.multiproc import run_processes  # noqa: E402
 from tests.test_metrics_inception import build_random_reference  # noqa: E402
 from tests.test_training_multihost import REPO  # noqa: E402
 
@@ -144,27 +145,15 @@ def test_two_processes_give_the_same_numbers(run, evaluated):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     code = WORKER.format(repo=REPO)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, f"127.0.0.1:{port}", str(pid), workdir, json.dumps(sets)],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=1200))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, _) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, "\n=====\n".join(e[-2500:] for _, e in outs)
+    outs = run_processes(
+        [
+            [sys.executable, "-c", code, f"127.0.0.1:{port}", str(pid), workdir, json.dumps(sets)]
+            for pid in range(2)
+        ],
+        env,
+        timeout=1200,
+    )
+    for out, _ in outs:
         got = json.loads(out[out.index("RESULT") + 7 :].splitlines()[0])
         for k in ("fid", "kid", "fd_classifier", "precision", "recall", "bpd", "bpd_elbo"):
             assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k

@@ -4,7 +4,6 @@ bits as 1 process, each process drawing its own contiguous block of chunks and w
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import portpicker
 
 from diffusion_jax import sample as cli
 from diffusion_jax.samplers import seeds as sd
-from tests.test_training_multihost import REPO
+from tests.multiproc import run_processes
 
 SEEDS, CHUNK = "0-20", 4  # 6 chunks: process 0 draws chunks 0-2 (seeds 0-11), process 1 chunks 3-5
 
@@ -39,11 +38,21 @@ def test_two_processes_write_the_same_bits_as_one(tmp_path):
     port = portpicker.pick_unused_port()
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the device count comes from --num_cpu_devices
-    args = [f"--config.{k}={v}" for k, v in [("denoiser.source", "analytic"), ("sampler.name", "euler_ancestral"),
-            ("grid.num_steps", 5), ("seeds", SEEDS), ("chunk_size", CHUNK), ("output_dir", two),
-            ("num_devices", -1), ("progress", "false")]]  # fmt: skip
-    procs = [
-        subprocess.Popen(
+    args = [
+        f"--config.{k}={v}"
+        for k, v in [
+            ("denoiser.source", "analytic"),
+            ("sampler.name", "euler_ancestral"),
+            ("grid.num_steps", 5),
+            ("seeds", SEEDS),
+            ("chunk_size", CHUNK),
+            ("output_dir", two),
+            ("num_devices", -1),
+            ("progress", "false"),
+        ]
+    ]
+    outs = run_processes(
+        [
             [
                 sys.executable,
                 "-m",
@@ -53,25 +62,12 @@ def test_two_processes_write_the_same_bits_as_one(tmp_path):
                 "--num_processes=2",
                 f"--process_id={pid}",
                 "--num_cpu_devices=2",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for pid in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p in procs:
-        assert p.returncode == 0, "\n=====\n".join(e[-2500:] for _, e in outs)
+            ]
+            for pid in range(2)
+        ],
+        env,
+        timeout=300,
+    )
     drawn = []
     for _, err in outs:
         line = next(ln for ln in err.splitlines() if ln.startswith("[diffusion_jax.sample]"))
@@ -104,8 +100,8 @@ def test_two_process_evaluate_gives_the_same_samples_and_metric(tmp_path):
     port = portpicker.pick_unused_port()
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    procs = [
-        subprocess.Popen(
+    outs = run_processes(
+        [
             [
                 sys.executable,
                 "-m",
@@ -119,25 +115,12 @@ def test_two_process_evaluate_gives_the_same_samples_and_metric(tmp_path):
                 f"--process_id={pid}",
                 "--num_cpu_devices=2",
                 "--cpu_collectives=gloo",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for pid in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p in procs:
-        assert p.returncode == 0, "\n=====\n".join(e[-2500:] for _, e in outs)
+            ]
+            for pid in range(2)
+        ],
+        env,
+        timeout=300,
+    )
     got = json.loads(outs[0][0][outs[0][0].index("{") :])
     assert got["w2"] == want["w2"] and got["mmd"] == want["mmd"] and got["num_samples"] == 30
     step = want["step"]

@@ -8,7 +8,6 @@ different order than the single-process one; measured differences are at float32
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -18,8 +17,7 @@ import portpicker
 
 from diffusion_jax.training import checkpoints as ck
 from diffusion_jax.training import loop
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.multiproc import REPO, run_processes  # noqa: E402  (REPO re-exported for other tests)
 
 WORKER = textwrap.dedent(
     """
@@ -57,27 +55,12 @@ def test_two_processes_match_one_process(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the device count comes from jax_num_cpu_devices
     code = WORKER.format(repo=REPO)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, f"127.0.0.1:{port}", str(pid), workdir],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, _err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, "\n=====\n".join(e[-2500:] for _, e in outs)
+    outs = run_processes(
+        [[sys.executable, "-c", code, f"127.0.0.1:{port}", str(pid), workdir] for pid in range(2)],
+        env,
+        timeout=300,
+    )
+    for out, _err in outs:
         assert "RESULT" in out and " 4" in out
 
     ref = loop.train(small_config(), str(tmp_path / "ref"), progress=False, devices=jax.devices()[:4])
