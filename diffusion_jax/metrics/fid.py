@@ -109,7 +109,7 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu [d], sigma [d, d]) from an `.npz` with keys mu, sigma (ours or pytorch-fid's)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"reference statistics {str(path)!r} not found (make them with reference_statistics)"
+            f"reference statistics {str(path)!r} not found (make them with `python -m diffusion_jax.reference_statistics`)"
         )
     with np.load(path) as f:
         if "mu" not in f.files or "sigma" not in f.files:

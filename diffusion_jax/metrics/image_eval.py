@@ -129,8 +129,8 @@ def require_file(field: str, path: str) -> None:
     else:
         how = (
             "supply the published statistics (an .npz with mu / sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz) "
-            "or make them with metrics.fid.save_statistics from metrics.features.feature_statistics of the "
-            "reference images"
+            "or make them with `python -m diffusion_jax.reference_statistics --features=inception "
+            "--weights=... --tfds=<dataset> --out=...`"
         )
     raise FileNotFoundError(f"eval.{field}={path!r} not found; {how}")
 
