@@ -96,6 +96,7 @@ def evaluate(
 
     cfg = cfg if cfg is not None else checkpoints.load_config(workdir)
     image_eval.validate(cfg.eval)  # weight files exist before anything is compiled
+    check_bpd_conditioning(cfg)
     if ema is not None:
         cfg.sampling.ema = ema
     n = int(cfg.eval.num_samples)
@@ -139,6 +140,24 @@ def evaluate(
         ref = periodic.reference_samples(cfg, len(shown)) if samples.ndim == 2 else None
         periodic.save_samples_png(shown, os.path.join(out_dir, f"{s:08d}.png"), ref, f"step {s}")
     return out
+
+
+def check_bpd_conditioning(cfg) -> None:
+    """Bits/dim of a class- or caption-conditional run scores the unconditional model log p(x), i.e. the
+    network with the null label / empty caption (the denoiser carries no condition). That model exists
+    only if the run trained it (classifier-free guidance dropout, Ho & Salimans 2022): refuse bpd /
+    bpd_elbo on a conditional run with objective.label_dropout = 0 before anything is compiled."""
+    metrics = [m for m in cfg.eval.get("metrics", ()) if m in ("bpd", "bpd_elbo")]
+    d = cfg.get("data") or {}
+    conditional = bool(
+        cfg.model.get("num_classes", 0) or d.get("captions", "") or d.get("embeddings_path", "")
+    )
+    if metrics and conditional and not cfg.objective.get("label_dropout", 0.0) > 0:
+        raise ValueError(
+            f"eval.metrics has {metrics}: on a conditional run bits/dim scores the unconditional model "
+            "(null label / empty caption), which this run never trained (objective.label_dropout=0); "
+            "drop bpd / bpd_elbo from eval.metrics or train with objective.label_dropout > 0"
+        )
 
 
 def _pretrained_eval_inputs(cfg):

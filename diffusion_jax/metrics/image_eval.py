@@ -14,6 +14,10 @@ makes for image runs. It computes what `eval_cfg.metrics` asks for:
                     `eval.bpd_divergence`, tolerance `eval.bpd_rtol`)
   bpd_elbo          the VDM ELBO bits/dim of the same images (`eval.bpd_num_t` logSNR draws per image)
 
+On a class- or caption-conditional run, bits/dim scores the unconditional model log p(x) (the null
+label / empty caption), which the run trained through classifier-free-guidance dropout;
+`diffusion_jax.evaluate` refuses bpd on a conditional run trained without it.
+
 Features are computed batch-sharded over all devices and processes (`features.feature_statistics`); the
 per-record randomness of bits/dim comes from (eval.seed, image index). The numbers therefore do not
 depend on the device or process count (up to float reduction order).
