@@ -5,7 +5,6 @@ the decoded images agree. Also: a missing converted file names itself, its sourc
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 from configs.pretrained import ddpm_cifar10, dit_xl2  # noqa: E402
 from diffusion_jax import convert  # noqa: E402
 from diffusion_jax.convert import dit, pretrained  # noqa: E402
-from diffusion_jax.samplers import guidance, registry, seeds  # noqa: E402
+from diffusion_jax.samplers import seeds  # noqa: E402
 from tests.convert_helpers import randomize, rel_err  # noqa: E402
 
 DIT = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
@@ -51,14 +50,16 @@ def tiny(tmp_path_factory):
     return make_tiny_pretrained(str(tmp_path_factory.mktemp("pretrained")))
 
 
-def _reference_ddim(ref_dit, ref_vae, z0_nchw, label, scale, steps):
+def _reference_ddim(ref_dit, ref_vae, x_t_nchw, labels, scale, steps):
+    """diffusers' DDIM loop (its own convention: x_T = eps at the first timestep) over the reference
+    models, CFG on all latent channels; returns (timesteps, trajectory [S+1, B, ...], images)."""
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
                                     beta_end=0.02, clip_sample=False, set_alpha_to_one=True,
                                     timestep_spacing="leading", steps_offset=0)  # fmt: skip
     sched.set_timesteps(steps)
-    x = torch.from_numpy(np.array(z0_nchw))
+    x = torch.from_numpy(np.array(x_t_nchw))
     b, traj = x.shape[0], [x.numpy()]
-    y = torch.full((b,), label)
+    y = torch.as_tensor(labels)
     null = torch.full((b,), DIT["num_embeds_ada_norm"])
     with torch.no_grad():
         for t in sched.timesteps:
@@ -70,34 +71,67 @@ def _reference_ddim(ref_dit, ref_vae, z0_nchw, label, scale, steps):
             x = sched.step(eps, t, x).prev_sample
             traj.append(x.numpy())
         images = ref_vae.decode(x / ref_vae.config.scaling_factor).sample.numpy()
-    return np.stack(traj), images
+    return sched.timesteps.numpy(), np.stack(traj), images
+
+
+def _engine_eps(seed_list, base_seed, shape):
+    """eps of each seed by the engine's documented key derivation (DESIGN.md "Randomness"):
+    normal(fold_in(fold_in(key(base_seed), seed), INIT_TAG)), computed here without the engine."""
+    import jax
+
+    base = jax.random.key(base_seed)
+    return np.stack([
+        np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(base, s), 2**32 - 1), shape))
+        for s in seed_list
+    ])  # fmt: skip
 
 
 def test_ddim_cfg_matches_diffusers_step_for_step(tiny):
+    """The pretrained config's plan (what `sample` / `evaluate` run) starts from the same noise as
+    diffusers (x_T = eps of the seed, `pretrained.init_noise='marginal'`), takes the same timesteps
+    (DDIM 'leading', final step to alpha_bar = 1) and equals diffusers' DDIM + CFG loop step for step."""
     ref_dit, ref_vae, cfg = tiny
-    pre = pretrained.load_pretrained(cfg)
-    assert pre.shape == (8, 8, 4) and pre.num_classes == 10
-    label, scale, steps = 3, 4.0, 4
-    den = guidance.cfg_denoiser(
-        pre.denoiser, {"label": jnp.array([label])}, {"label": jnp.array([10])}, scale
-    )
-    sampler = registry.get_sampler(cfg.sampler.name)
-    grid = np.asarray(
-        registry.make_grid(cfg.grid.name, cfg.grid.num_steps, pre.denoiser.schedule, **cfg.grid.kwargs)
-    )
-    out = seeds.sample(den, sampler, grid, "0-2", pre.shape, chunk_size=4, return_trajectory=True)
+    plan = pretrained.make_plan(cfg)
+    assert plan.shape == (8, 8, 4) and plan.meta["source"] == "gaussian_marginal"
+    seed_list, scale, steps = [0, 1, 2], cfg.conditioning.guidance_scale, cfg.grid.num_steps + 1
+    out = seeds.sample(plan.denoiser, plan.sampler, plan.grid, seed_list, plan.shape, chunk_size=plan.chunk_size,
+                       cond=plan.cond_fn, source=plan.source, base_seed=plan.base_seed, return_trajectory=True)  # fmt: skip
     traj = np.asarray(out.trajectory)  # [S+1, B, h, w, c]
-    want, images = _reference_ddim(ref_dit, ref_vae, traj[0].transpose(0, 3, 1, 2), label, scale, steps)
+    eps = _engine_eps(seed_list, plan.base_seed, plan.shape)
+    start_err = rel_err(traj[0], eps)
+    print(f"engine x_T vs the seeds' eps: max relative error {start_err:.1e}")
+    assert start_err <= 1e-6  # the same initial noise, not merely the same initial state
+    labels = [plan.condition_of(s)["label"] for s in seed_list]
+    timesteps, want, images = _reference_ddim(
+        ref_dit, ref_vae, eps.transpose(0, 3, 1, 2), labels, scale, steps
+    )
+    # the same steps: diffusers' timesteps are the engine's grid times as DDPM indices 1000 t - 1,
+    # and its last step (set_alpha_to_one) ends at t = 0
+    np.testing.assert_array_equal(np.rint(plan.grid[:-1] * 1000 - 1).astype(int), timesteps)
+    assert plan.grid[-1] == 0.0 and len(plan.grid) == steps + 1
     errs = [rel_err(traj[i].transpose(0, 3, 1, 2), want[i]) for i in range(1, steps + 1)]
     print(
         "DDIM + CFG tiny DiT, per-step max relative error vs diffusers: "
         + ", ".join(f"{e:.1e}" for e in errs)
     )
     assert max(errs) <= 1e-4
-    got = np.asarray(pre.decode(out.samples)).transpose(0, 3, 1, 2)
+    got = np.asarray(plan.decode(out.samples)).transpose(0, 3, 1, 2)
     err = rel_err(got, images)
     print(f"decoded images max relative error vs diffusers VAE {err:.1e}")
     assert err <= 1e-4
+    # the engine's default start (init_noise='sigma') is sigma(t0) eps: a different convention, which
+    # diffusers' loop does not reproduce to 1e-4 (sigma(t0) = 0.9983 at t0 = 0.751)
+    c = cfg.copy_and_resolve_references()
+    c.pretrained.init_noise = "sigma"
+    p2 = pretrained.make_plan(c)
+    z0 = np.asarray(seeds.sample(p2.denoiser, p2.sampler, p2.grid, seed_list, p2.shape, chunk_size=p2.chunk_size,
+                                 cond=p2.cond_fn, source=p2.source, return_trajectory=True).trajectory[0])  # fmt: skip
+    sigma0 = float(p2.denoiser.schedule.sigma(plan.grid[0]))
+    np.testing.assert_allclose(z0, sigma0 * eps, rtol=1e-6, atol=1e-7)
+    assert rel_err(z0, eps) > 1e-3
+    c.pretrained.init_noise = "unit"
+    with pytest.raises(ValueError, match=r"pretrained.init_noise='unit'; valid: \['sigma', 'marginal'\]"):
+        pretrained.make_plan(c)
 
 
 def test_missing_file_names_source_and_command(tmp_path):
@@ -221,12 +255,16 @@ def test_ddpm_cifar10_tiny_pixel_model_matches_diffusers(tmp_path):
     convert.convert("unet", str(tmp_path / "unet"), cfg.pretrained.denoiser.path)
     plan = pretrained.make_plan(cfg)
     assert plan.decode is None and plan.shape == (8, 8, 3)
-    out = seeds.sample(plan.denoiser, plan.sampler, plan.grid, "0-1", plan.shape, return_trajectory=True)
+    out = seeds.sample(plan.denoiser, plan.sampler, plan.grid, "0-1", plan.shape, source=plan.source,
+                       return_trajectory=True)  # fmt: skip
     traj = np.asarray(out.trajectory)
+    eps = _engine_eps([0, 1], 0, plan.shape)
+    assert rel_err(traj[0], eps) <= 1e-6  # x_T = eps, diffusers' start
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
                                     beta_end=0.02, clip_sample=False, set_alpha_to_one=True)  # fmt: skip
     sched.set_timesteps(4)
-    x = torch.from_numpy(np.array(traj[0].transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.rint(plan.grid[:-1] * 1000 - 1).astype(int), sched.timesteps.numpy())
+    x = torch.from_numpy(eps.transpose(0, 3, 1, 2))
     errs = []
     with torch.no_grad():
         for i, t in enumerate(sched.timesteps):

@@ -26,5 +26,5 @@ def get_config(arg=None):
         f"python -m diffusion_jax.convert unet ddpm-cifar10-32 --out {path}",
     )
     cfg.pretrained = dict(denoiser=den, autoencoder=None, kind="eps", time_input="ddpm_index",
-                          latent_scale=None, latent_shift=None)  # fmt: skip
+                          latent_scale=None, latent_shift=None, init_noise="marginal")  # fmt: skip
     return cfg

@@ -9,7 +9,9 @@ The published files are converted once (no download at run time), e.g.
   python -m diffusion_jax.convert vae sd-vae-ft-ema --out checkpoints/pretrained/sd_vae_ft_ema.safetensors
 Sampling: DDIM 50 steps on DiT's schedule, classifier-free guidance 4.0 on all latent channels against
 the learned null class 1000 (the official sampling script guides only the first three channels; the
-diffusers pipeline guides all four, as here). Learned-sigma channels are dropped.
+diffusers pipeline guides all four, as here). Learned-sigma channels are dropped. Sampling starts from
+x_T = eps ~ N(0, I) at the first timestep, as the official and diffusers samplers do
+(`pretrained.init_noise='marginal'`; 'sigma' gives the engine's default sigma(t0) eps).
 """
 
 from configs.pretrained import common
@@ -50,5 +52,5 @@ def get_config(arg=None):
             f"python -m diffusion_jax.convert vae sd-vae-ft-ema --out {DIR}/sd_vae_ft_ema.safetensors",
         )
     cfg.pretrained = dict(denoiser=den, autoencoder=ae, kind="eps", time_input="ddpm_index",
-                          latent_scale=None, latent_shift=None)  # fmt: skip
+                          latent_scale=None, latent_shift=None, init_noise="marginal")  # fmt: skip
     return cfg

@@ -8,6 +8,10 @@ A pretrained config (`configs/pretrained/*.py`) names converted files (never dow
   pretrained.kind, .time_input                       what the network predicts and sees (e.g. DiT:
                                                     eps at the DDPM step index n - 1 = 1000 t - 1)
   pretrained.latent_scale / .latent_shift            None = the autoencoder file's published factors
+  pretrained.init_noise                              the initial state at the first grid time t0:
+                                                    'marginal' (x_T = eps, unit variance on a VP path:
+                                                    what DDPM / DDIM reference code and diffusers start
+                                                    from) or 'sigma' (sigma(t0) eps, the engine's default)
 
 plus the usual sampling fields (`schedule`: DiT's / DDPM's 1000 linear betas 1e-4 .. 0.02 as
 `vp_discrete`; `sampler`, `grid`, `conditioning`). Learned-sigma channels (DiT: 8 outputs for 4
@@ -141,6 +145,17 @@ def _kw(c) -> dict:
     return dict(c.to_dict()) if hasattr(c, "to_dict") else dict(c or {})
 
 
+def init_source(pcfg):
+    """The engine's initial-state source for `pretrained.init_noise` (default 'marginal': the published
+    samplers' x_T = eps; see `samplers.seeds.GaussianSource`). ValueError naming the field otherwise."""
+    from diffusion_jax.samplers import seeds
+
+    value = pcfg.get("init_noise", "marginal")
+    if value not in seeds.GAUSSIAN_SCALES:
+        raise ValueError(f"config.pretrained.init_noise={value!r}; valid: {list(seeds.GAUSSIAN_SCALES)}")
+    return seeds.GaussianSource(value)
+
+
 def make_plan(cfg, pre: Pretrained | None = None):
     """The sampling engine's `Plan` for a pretrained config (`configs/pretrained/*`), with
     `plan.decode` set for latent models. Labels / guidance work as for a class-conditional run (null
@@ -150,6 +165,7 @@ def make_plan(cfg, pre: Pretrained | None = None):
 
     from diffusion_jax.training import sampling
 
+    source = init_source(cfg.pretrained)
     pre = pre or load_pretrained(cfg, dtype=jnp.dtype(cfg.dtype))
     c = cfg.conditioning
     spec = sampling.SamplingSpec(
@@ -165,5 +181,7 @@ def make_plan(cfg, pre: Pretrained | None = None):
     weights = "pretrained:" + pre.sha256["denoiser"][:12]
     plan = sampling.make_plan(run_like, pre.denoiser, pre.shape, spec, weights=weights)
     plan.decode = pre.decode
+    plan.source = None if source.scale == "sigma" else source  # None: the engine's default draw
+    plan.meta["source"] = source.name
     plan.meta["pretrained"] = os.path.basename(cfg.pretrained.denoiser.path)
     return plan

@@ -127,18 +127,41 @@ def sample_keys(seeds, base_seed=0) -> Array:
     return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds, jnp.uint32))
 
 
+GAUSSIAN_SCALES = ("sigma", "marginal")
+
+
 @dataclasses.dataclass(frozen=True)
 class GaussianSource:
     """The default source: z(t0) = sigma(t0) * eps, eps ~ N(0, I) (the alpha(t0) x term is neglected,
     as in every reference sampler; it is exactly 0 where alpha = 0, e.g. rectified flow at t = 1).
 
+    scale="marginal": z(t0) = sqrt(alpha(t0)^2 + sigma(t0)^2) * eps, the marginal at t0 of zero-mean,
+    unit-variance data. On a VP path (alpha^2 + sigma^2 = 1) that is z(t0) = eps, the x_T ~ N(0, I) from
+    which DDPM / DDIM reference code (Ho et al. 2020, Alg. 2; Song et al. 2021; diffusers' schedulers,
+    DiT's sample.py) starts at its first timestep, whatever that timestep is. The same eps is drawn
+    from the same key under either scale; only the factor differs (sigma(t0) = 0.9983 at DDIM's
+    first of 4 'leading' steps on DiT's schedule).
+
     A source is any hashable object with `draw(key, shape, schedule, t0, dtype) -> [*shape]`: the
     state at grid time t0 of ONE sample from its own key (non-Gaussian sources plug in here).
     """
 
+    scale: str = "sigma"
+
+    def __post_init__(self):
+        if self.scale not in GAUSSIAN_SCALES:
+            raise ValueError(f"GaussianSource.scale={self.scale!r}; valid: {list(GAUSSIAN_SCALES)}")
+
+    @property
+    def name(self) -> str:
+        return "gaussian" if self.scale == "sigma" else f"gaussian_{self.scale}"
+
     def draw(self, key: Array, shape: tuple[int, ...], schedule, t0, dtype) -> Array:
         eps = jax.random.normal(key, shape, dtype)
-        return schedule.sigma(jnp.asarray(t0, dtype)).astype(dtype) * eps
+        t = jnp.asarray(t0, dtype)
+        if self.scale == "marginal":
+            return jnp.sqrt(schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2).astype(dtype) * eps
+        return schedule.sigma(t).astype(dtype) * eps
 
 
 GAUSSIAN = GaussianSource()
