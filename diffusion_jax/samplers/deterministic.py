@@ -16,7 +16,11 @@ ODE coordinates of the Runge-Kutta family (Euler, Heun, midpoint, RK4), field `c
 Steps that land on sigma(t_next) = 0 (a grid ending at t = 0 on every schedule but VE): methods that
 would evaluate the denoiser there (Heun's corrector, RK4's last stage) take an Euler step instead, as
 EDM Algorithm 1 (line 7: "if sigma_{i+1} != 0") does; the DPM-Solver family takes the first-order
-limit z_next = alpha(t_next) x0-hat(z, t_cur) (logSNR(t_next) = +inf). The branch is a `lax.cond`
+limit z_next = alpha(t_next) x0-hat(z, t_cur) (logSNR(t_next) = +inf). Exception: a
+velocity-parameterised model (`Denoiser.kind == "velocity"`, the flow-matching / rectified-flow
+setting on [0, 1]) integrated in ``coords="t"`` is well defined at sigma = 0 (its network is trained
+on the closed interval), so Heun and RK4 take their full step on the last interval too
+(`_ODERK.euler_onto_zero`); otherwise RK4's observed order would drop to 2 (one O(h^2) Euler step). The branch is a `lax.cond`
 on the (unbatched) time, so only the branch taken costs network evaluations, and `Carry.nfe`
 counts what was evaluated (through `base.Evaluator.cond`). `nfe(N, final_zero)` gives the same count statically; `final_zero` means
 "the last grid time has sigma = 0".
@@ -25,6 +29,7 @@ counts what was evaluated (through `base.Evaluator.cond`). `nfe(N, final_zero)` 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 import jax
@@ -98,6 +103,17 @@ class _ODERK(Sampler):
         z = self._to_z(den.schedule, y, t)
         return den.velocity(z, t) if self.coords == "t" else den.eps(z, t)
 
+    def euler_onto_zero(self, denoiser) -> bool:
+        """Whether a step onto sigma = 0 falls back to Euler: False only for a velocity-kind
+        denoiser in t coordinates (the field is evaluated at t = 0 as anywhere else). Static."""
+        return not (self.coords == "t" and getattr(denoiser, "kind", None) == "velocity")
+
+    def _last_step(self, ev, t_next, euler: Callable, full: Callable):
+        """`full` unless t_next has sigma = 0 and `euler_onto_zero` (then `euler`, via a counted cond)."""
+        if not self.euler_onto_zero(ev):
+            return full(None)
+        return ev.cond(is_zero_sigma(ev.schedule, t_next), euler, full, None)
+
     def _start(self, ev, carry, t_cur, t_next):
         """The start of a multi-stage step: (schedule, y(t_cur), tau(t_cur), tau(t_next) - tau(t_cur))."""
         s = ev.schedule
@@ -130,9 +146,9 @@ class Euler(_ODERK):
 class Heun(_ODERK):
     """Heun's second-order method, EDM Algorithm 1 (Karras et al. 2022): an Euler predictor and the
     trapezoidal corrector, except when sigma(t_next) = 0, where the Euler step is kept (Algorithm 1,
-    line 7).
+    line 7) unless the model is velocity-parameterised (`euler_onto_zero`).
 
-    NFE: 2N; 2N - 1 when the grid ends at sigma = 0 (EDM's count, e.g. 35 NFE for 18 steps).
+    NFE: 2N; 2N - 1 when the last step is that Euler step (EDM's count, e.g. 35 NFE for 18 steps).
     """
 
     name: ClassVar[str] = "heun"
@@ -148,7 +164,7 @@ class Heun(_ODERK):
             d2 = self._f(ev, y_e, t_next)
             return y + 0.5 * dtau * (d1 + d2)
 
-        y_next = ev.cond(is_zero_sigma(s, t_next), lambda _: y_e, corrector, None)
+        y_next = self._last_step(ev, t_next, lambda _: y_e, corrector)
         return self._to_z(s, y_next, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
@@ -180,9 +196,9 @@ class Midpoint(_ODERK):
 class RK4(_ODERK):
     """The classical fourth-order Runge-Kutta method (Kutta 1901; Hairer et al., "Solving ODEs I",
     Table II.1.2). Its last stage evaluates at t_next, so a step to sigma = 0 is an Euler step instead
-    (the same convention as EDM's Heun).
+    (the same convention as EDM's Heun), unless the model is velocity-parameterised (`euler_onto_zero`).
 
-    NFE: 4N; 4N - 3 when the grid ends at sigma = 0.
+    NFE: 4N; 4N - 3 when the last step is that Euler step.
     """
 
     name: ClassVar[str] = "rk4"
@@ -198,7 +214,7 @@ class RK4(_ODERK):
             k4 = self._f(ev, y + dtau * k3, t_next)
             return y + dtau / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
-        y_next = ev.cond(is_zero_sigma(s, t_next), lambda _: y + dtau * k1, rk4, None)
+        y_next = self._last_step(ev, t_next, lambda _: y + dtau * k1, rk4)
         return self._to_z(s, y_next, t_next), ()
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:

@@ -284,7 +284,10 @@ def make_plan(
         raise ValueError(f"sampling.chunk_size must be an integer >= 1, got {spec.chunk_size!r}")
     source = _source(run_cfg)  # the run's t = 1 distribution (None: the Gaussian default)
     _check_source_grid(source, grid)
-    final_zero = bool(grid[-1] == 0.0)
+    # "final_zero" in the NFE rule = the last step is the sampler's special step onto sigma = 0 (none
+    # for Heun / RK4 on a velocity model: `deterministic._ODERK.euler_onto_zero`).
+    euler_onto_zero = getattr(sampler, "euler_onto_zero", None)
+    final_zero = bool(grid[-1] == 0.0) and (euler_onto_zero is None or euler_onto_zero(denoiser))
     meta = {
         "sampler": spec.sampler,
         "sampler_kwargs": json.dumps(dict(spec.sampler_kwargs), sort_keys=True),
