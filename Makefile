@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create or reuse .venv and
 # install the package with its pinned dependencies (plus the `parity` reference implementations the
-# tests compare against); reinstall happens only when setup.py changes.
+# tests compare against, and the `bench` baselines whose --quick runs the tests make); reinstall
+# happens only when setup.py changes.
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -17,7 +18,7 @@ $(STAMP): setup.py pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,parity]'
+	$(BIN)/pip install -q -e '.[dev,parity,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

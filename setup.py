@@ -57,6 +57,10 @@ EXTRAS = {
         "pytorch-fid==0.3.0",
         "safetensors==0.8.0",
     ],
+    # Baselines that only the benchmarks run (benchmarks/ot_cfm_run.py): torchcfm's own OT-CFM loop.
+    "bench": [
+        "torchcfm==1.0.7",
+    ],
 }
 
 setup(

@@ -28,9 +28,9 @@ DIM = 784
 
 CHILD = """
 import resource, runpy, sys
-mode, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+mode, n, out, dim, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 args = ["--config.denoiser.source=analytic", "--config.denoiser.distribution=standard_gaussian",
-        "--config.denoiser.distribution_kwargs.dim=__DIM__", "--config.grid.num_steps=10",
+        f"--config.denoiser.distribution_kwargs.dim={dim}", f"--config.grid.num_steps={steps}",
         f"--config.seeds=0-{n - 1}", f"--config.output_dir={out}", "--config.progress=false"]
 if mode == "ours":
     sys.argv = ["diffusion_jax.sample", *args]
@@ -47,13 +47,18 @@ else:  # the collect-everything-then-write structure
     x = sd.sample(plan.denoiser, plan.sampler, plan.grid, seeds, plan.shape, chunk_size=plan.chunk_size)
     sd.save_samples(out_dir, seeds, sd.np.asarray(x.samples), meta=plan.meta)
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-""".replace("__DIM__", str(DIM))
+"""
 
 
-def peak_rss_mb(mode: str, n: int, out: str) -> float:
+def peak_rss_mb(mode: str, n: int, out: str, dim: int = DIM, steps: int = 10) -> float:
+    """Peak RSS (MB) of a fresh process drawing seeds 0..n-1 (`mode`: 'ours' or 'collect') of the
+    `dim`-dimensional Gaussian's exact denoiser with `steps` Euler steps into `out`."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     p = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(n), out], capture_output=True, text=True, env=env
+        [sys.executable, "-c", CHILD, mode, str(n), out, str(dim), str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])
@@ -62,17 +67,19 @@ def peak_rss_mb(mode: str, n: int, out: str) -> float:
 
 
 def run(args) -> dict:
-    sizes = (50, 500) if args.quick else (200, 20_000)
+    # --quick: a smoke test of the four processes (tiny samples, 2 steps); its RSS means nothing.
+    sizes, dim, steps = ((16, 64), 16, 2) if args.quick else ((200, 20_000), DIM, 10)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("ours", "collect"):
             for n in sizes:
-                rows[(mode, n)] = peak_rss_mb(mode, n, os.path.join(tmp, f"{mode}_{n}"))
+                rows[(mode, n)] = peak_rss_mb(mode, n, os.path.join(tmp, f"{mode}_{n}"), dim, steps)
         a = np.load(os.path.join(tmp, f"ours_{sizes[0]}", "000007.npz"))["sample"]
         b = np.load(os.path.join(tmp, f"collect_{sizes[0]}", "000007.npz"))["sample"]
         np.testing.assert_array_equal(a, b)  # both structures write the same sample for a seed
     return {
         "sizes": list(sizes),
+        "dim": dim,
         "peak_rss_mb": {f"{m}_{n}": v for (m, n), v in rows.items()},
         "ratio_ours": rows[("ours", sizes[1])] / rows[("ours", sizes[0])],
         "ratio_collect": rows[("collect", sizes[1])] / rows[("collect", sizes[0])],

@@ -56,6 +56,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     t.keep_every = 0  # additionally keep every checkpoint whose step is a multiple (0 = none)
     t.async_checkpointing = True
     t.fast_compile = False  # compile the step without XLA optimisation (CPU tests, debugging)
+    t.prefetch = 2  # batches read + host-transformed (e.g. exact-OT paired) ahead in threads; 0 = inline
     t.sample_every = 0  # 0 = off
     t.eval_every = 0  # 0 = off
 

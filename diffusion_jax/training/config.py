@@ -84,6 +84,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         _check_number(t.ema_power, "training.ema_power", lo=-1.0, lo_open=True)
     _check_int(t.max_nonfinite_in_a_row, "training.max_nonfinite_in_a_row", 0)
     _check_int(t.get("fsdp_min_size", 1), "training.fsdp_min_size", 1)
+    _check_int(t.get("prefetch", 2), "training.prefetch", 0)
     for f in ("log_every", "ckpt_every"):
         _check_int(t[f], f"training.{f}", 1)
     for f in ("keep",):

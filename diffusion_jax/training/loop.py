@@ -5,7 +5,8 @@ these pass), locks the workdir (one writer), restores the newest intact checkpoi
 parameters, EMA, optimizer state, step, RNG and every process's data-iterator position), then runs
 the jitted step until `training.num_steps`.
 
-Per step the host reads the next per-process batch, assembles the global batch
+Per step the host takes the next per-process batch (read and transformed ahead, in background
+threads, while the device runs the previous step: `prefetch`), assembles the global batch
 (`make_array_from_process_local_data`) and dispatches the step; the step's metrics stay on the
 device until the next logging, checkpoint or evaluation step, where all pending ones are read back
 in one transfer (for the non-finite halt and the logs). Checkpoints every `ckpt_every` steps and at
@@ -40,6 +41,7 @@ from diffusion_jax.training.fsdp import fsdp_net_fn
 from diffusion_jax.training.lock import RunLock, WorkdirLocked
 from diffusion_jax.training.logging import MetricsLogger
 from diffusion_jax.training.preemption import PreemptionFlag
+from diffusion_jax.training.prefetch import host_batches
 from diffusion_jax.training.state import TrainState
 from diffusion_jax.training.step import all_finite, check_nonfinite, jit_train_step, make_train_step
 
@@ -156,8 +158,7 @@ class _Session:
     cfg: object
     rt: Runtime
     workdir: str
-    it: object
-    transform: Callable
+    batches: object  # transformed host batches in step order, `get_state()`: `prefetch.host_batches`
     ckpt: ckpt_lib.Checkpointer
     logger: MetricsLogger
     preempt: PreemptionFlag
@@ -198,7 +199,7 @@ class _Session:
         return False
 
     def _advance(self) -> None:
-        batch = distributed.global_batch(self.transform(next(self.it), self.step), self.rt.batch_sharding)
+        batch = distributed.global_batch(next(self.batches), self.rt.batch_sharding)
         self.state, metrics = self.rt.step_fn(self.state, batch)
         self.step += 1
         self.pending.append((self.step, metrics))  # stays on device until the next drain
@@ -249,7 +250,7 @@ class _Session:
         if not bool(_state_finite(self.state)):
             log.error("step %d: the state holds non-finite numbers; not writing a checkpoint", self.step)
             return False
-        data = ckpt_lib.gather_data_states(self.it.get_state())
+        data = ckpt_lib.gather_data_states(self.batches.get_state())
         return self.ckpt.save(self.step, self.state, data, force=force)
 
     def _preempt_requested(self, always: bool = False) -> bool:
@@ -437,8 +438,12 @@ def _train_locked(cfg, workdir, rt, transform, preempt, hooks, data_source, prog
 
             bar = tqdm(total=int(t.num_steps), initial=start, desc="train", unit="step", dynamic_ncols=True)
             closers.append((bar.close, "progress bar"))
+        # Batch k + 1 is read and transformed (e.g. OT-paired) in background threads while step k
+        # runs; the data state saved with a checkpoint is that of the last batch consumed.
+        batches = host_batches(it, transform, start, int(t.get("prefetch", 2)))
+        closers.append((batches.close, "input threads"))
         session = _Session(
-            cfg, rt, workdir, it, transform, ckpt, logger, preempt, hooks, eval_fn, state, start, bar
+            cfg, rt, workdir, batches, ckpt, logger, preempt, hooks, eval_fn, state, start, bar
         )
         preempted = session.run()
     except BaseException:
