@@ -119,13 +119,12 @@ def load_train_state(workdir: str, step: int | None = None):
     Returns:
       (state, cfg, network): host-side `TrainState`, the run's config, and its `build.Network`.
     """
-    from diffusion_jax.training.build import build_network, build_state
+    from diffusion_jax.training.build import abstract_train_state, build_network
 
     cfg = load_config(workdir)
     net = build_network(cfg, compute_dtype="float32")
-    state, _ = build_state(cfg, net.params)
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=dev), state)
+    # The restore target from `jax.eval_shape` (no optimizer state or EMA copy is materialised).
+    abstract = abstract_train_state(cfg)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         if step is None:
