@@ -109,6 +109,7 @@ def test_likelihood_quick(tmp_path):
         assert all(s["max_err"] > res["target"] for s in looser)
 
 
+@pytest.mark.heavy  # two 8-device train steps compiled (tests/conftest.py)
 def test_throughput_quick(tmp_path):
     from benchmarks import throughput
 

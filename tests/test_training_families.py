@@ -29,7 +29,11 @@ def _direct_loss(cfg):
     conditional = bool(cfg.model.get("num_classes", 0))
     batch = build.to_model_batch(next(make_iterator(cfg.data, seed=int(cfg.seed))), conditional)
     key = jax.random.fold_in(build.init_key(cfg.seed), 0)
-    loss, _ = jax.jit(loss_fn)(net.params, jax.tree.map(np.asarray, batch), key)
+    # Unoptimised XLA (as the step under training.fast_compile): same operations, a fraction of the
+    # compile time and memory of an optimised U-Net loss.
+    loss, _ = jax.jit(loss_fn, compiler_options=build.FAST_COMPILE)(
+        net.params, jax.tree.map(np.asarray, batch), key
+    )
     return float(loss), net.params
 
 
@@ -65,6 +69,7 @@ def test_toy2d_one_step(formulation, tmp_path):
         ("configs.imagenet64.dit", "tiny", "float32"),
     ],
 )
+@pytest.mark.heavy  # a U-Net / DiT train step compiles in GBs of RSS (tests/conftest.py)
 def test_image_family_one_step_under_mock_tfds(module, arg, dtype, tmp_path):
     cfg = importlib.import_module(module).get_config(arg)
     cfg.training.compute_dtype = dtype

@@ -54,6 +54,7 @@ def _train_one_step(cfg, tmp_path, check_loss=True):
     return batch
 
 
+@pytest.mark.heavy  # the text U-Net's train step compiles in up to ~9 GB RSS (tests/conftest.py)
 def test_text_tiny_trains_one_step_with_byte_captions(tmp_path):
     cfg = text.get_config("text_tiny")
     batch = _train_one_step(cfg, tmp_path)
@@ -64,6 +65,7 @@ def test_text_tiny_trains_one_step_with_byte_captions(tmp_path):
     assert "label" not in batch  # the model is not class-conditional: the caption carries the class
 
 
+@pytest.mark.heavy  # a cross-attention U-Net train step compile (tests/conftest.py)
 def test_npy_embeddings_train_one_step(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "emb.npy", rng.normal(size=(10, 3, 8)).astype(np.float32))
