@@ -35,7 +35,7 @@ LAYERS = (
     ("models", ("models",)),
     ("data", ("data",)),
     ("training", ("training",)),
-    ("CLIs", ("train", "sample", "evaluate", "reference_statistics", "convert", "pipeline")),
+    ("CLIs", ("train", "sample", "evaluate", "reference_statistics", "convert", "pipeline", "reflow")),
 )
 """(group, top-level modules / subpackages of diffusion_jax), lowest first."""
 

@@ -70,7 +70,12 @@ def _run(cmd: str, tmp: str):
 def test_readme_parses_into_the_commands_we_expect():
     cmds, snippets = readme_commands()
     mods = [c.split()[2] for c in cmds]
-    assert set(mods) == {"diffusion_jax.train", "diffusion_jax.sample", "diffusion_jax.evaluate"}
+    assert set(mods) == {
+        "diffusion_jax.train",
+        "diffusion_jax.sample",
+        "diffusion_jax.evaluate",
+        "diffusion_jax.reflow",
+    }
     assert any("conditioning.labels" in c and "grid.name" not in c for c in cmds)  # no grid flag
     assert len(snippets) == 1 and "Pipeline.from_workdir" in snippets[0]
 
@@ -93,6 +98,9 @@ def test_every_readme_command_runs(tmp_path):
     (sde,) = [d for d in os.listdir(sb) if "interpolant_em" in d]
     last = np.load(os.path.join(sb, sde, "000015.npz"))
     assert str(last["sampler"]) == "interpolant_em" and np.all(np.isfinite(last["sample"]))
+    pairs = np.load(os.path.join(runs, "pairs_rf1.npz"))  # reflow: pairs drawn, a 2-RF run trained on them
+    assert pairs["x0"].shape == pairs["x1"].shape == (20000, 2)
+    assert os.path.exists(os.path.join(runs, "rf2", "config.json"))
     cond_root = os.path.join(runs, "fmnist_cond", "samples")
     (cond_dir,) = [os.path.join(cond_root, d) for d in os.listdir(cond_root) if d.endswith("_cfg2")]
     files = {s: np.load(os.path.join(cond_dir, f"{s:06d}.npz")) for s in range(100)}

@@ -29,9 +29,9 @@ FORMULATIONS = {
     "rf_logit_normal": ("rf_logit_normal", "euler", "uniform"),
     "ot_cfm": ("ot_cfm", "euler", "uniform"),
 }
-# The CFM family in one file (configs/toy2d/cfm.py: coupling, sigma, source, solver are fields); not
-# one of the demo's formulations.
-FAMILIES = {"cfm": ("i_cfm", "euler", "uniform")}
+# The CFM family in one file (configs/toy2d/cfm.py: coupling, sigma, source, solver are fields) and
+# reflow on a pairs file (configs/toy2d/reflow.py); not among the demo's formulations.
+FAMILIES = {"cfm": ("i_cfm", "euler", "uniform"), "reflow": ("reflow", "euler", "uniform")}
 # Every toy the data layer defines is a variant (explicit table in diffusion_jax.data.toy2d).
 DATASETS = tuple(sorted(TOY_SAMPLERS))
 DEFAULT_DATASET = "moons"

@@ -127,9 +127,10 @@ _FIELDS = (
     "captions",
     "embeddings_path",
     "embeddings_mask_path",
+    "pairs_path",
 )
 # Text-conditioning fields added later: configs saved before them still validate (defaults apply).
-_OPTIONAL = {"captions": "", "embeddings_path": "", "embeddings_mask_path": ""}
+_OPTIONAL = {"captions": "", "embeddings_path": "", "embeddings_mask_path": "", "pairs_path": ""}
 
 
 def default_data_dir() -> str:
@@ -169,6 +170,10 @@ def default_data_config(
       ``embeddings_mask_path``: ``''`` or ``.npy`` files of precomputed per-label embeddings (a
       cross-attention context). Both are applied by ``diffusion_jax.data.captions`` when batches are handed to the
       model, not by the iterator here.
+    - ``pairs_path``: ``''`` or a reflow pairs ``.npz`` (`diffusion_jax.data.pairs`, written by
+      ``python -m diffusion_jax.reflow``): the batches are then its pairs (the data key = x1, ``'x0'`` =
+      x0), shuffled per epoch, instead of the configured source's samples; ``name`` still names the
+      data distribution (evaluation). Needs ``objective.coupling='reflow'`` (checked by the run config).
 
     Returns:
       ``ml_collections.ConfigDict`` with exactly the fields above.
@@ -284,6 +289,15 @@ def validate_data_config(
     for field in _OPTIONAL:
         if not isinstance(cfg.get(field, ""), str):
             raise ValueError(f"data.{field}={cfg[field]!r} must be a string ('' for none)")
+    pp = cfg.get("pairs_path", "")
+    if pp and not pp.endswith(".npz"):
+        raise ValueError(
+            f"data.pairs_path={pp!r} must name a .npz pairs file (python -m diffusion_jax.reflow)"
+        )
+    if pp and source == "latents":
+        raise ValueError(
+            "data.pairs_path: reflow pairs of a latent model are not supported (source='latents')"
+        )
     if not isinstance(cfg["data_dir"], str):
         raise ValueError(f"data.data_dir={cfg['data_dir']!r} must be a string ('' for the default)")
 
@@ -298,6 +312,14 @@ def example_spec(
     int32)}``; toy2d with ``pair_with`` -> ``{'x': ((2,), float32), 'x0': ((2,), float32)}``.
     """
     validate_data_config(data_cfg)
+    spec = _example_spec(data_cfg)
+    if data_cfg.get("pairs_path", ""):  # reflow pairs: the data key (x1) and its source draw x0, no label
+        key = "image" if "image" in spec else "x"
+        return {key: spec[key], "x0": spec[key]}
+    return spec
+
+
+def _example_spec(data_cfg):
     source, name = data_cfg["source"], data_cfg["name"]
     if source == "toy2d":
         spec = {"x": ((2,), np.float32)}
@@ -403,6 +425,8 @@ def make_iterator(
         raise ValueError(f"seed={seed!r} must be an int")
     cfg = dict(data_cfg.items())
     kind = cfg["source"]
+    if cfg.get("pairs_path", ""):
+        return _pairs_iterator(cfg, source, seed, process_index, process_count)
     if kind == "toy2d":
         pair = cfg["pair_with"]
         return SamplerIterator(
@@ -451,3 +475,29 @@ def make_iterator(
         num_threads=cfg["num_threads"],
         prefetch=cfg["prefetch"],
     )
+
+
+def _pairs_iterator(cfg, source, seed, process_index, process_count) -> DataIterator:
+    """Grain iterator over a reflow pairs file (`data.pairs`): shuffled per epoch, batches of
+    {data key: x1, 'x0': x0}; state = grain's, as for TFDS / latents."""
+    from diffusion_jax.data.pairs import PairsSource
+
+    key = "image" if cfg["source"] == "tfds" else "x"
+    src = source if source is not None else PairsSource(cfg["pairs_path"], key)
+    common = dict(cfg=cfg, seed=seed, process_index=process_index, process_count=process_count)
+    batched = _grain_batches(src, _pairs_example, random=False, **common)
+    if len(batched) == 0:
+        raise ValueError(
+            f"data.batch_size={cfg['batch_size']} is larger than the {len(src)} pairs x num_epochs available"
+        )
+    return GrainIterator(
+        batched,
+        source="reflow_pairs",
+        global_batch_size=cfg["batch_size"],
+        num_threads=cfg["num_threads"],
+        prefetch=cfg["prefetch"],
+    )
+
+
+def _pairs_example(example):
+    return {k: np.asarray(v, np.float32) for k, v in example.items()}

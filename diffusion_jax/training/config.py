@@ -129,6 +129,7 @@ def _validate_source(cfg):
 
     shape = data_shape(cfg)
     objectives.check_source(cfg.objective, source_from_config(cfg.data), shape)
+    _validate_reflow(cfg)
     if cfg.objective.get("score_head", False) and cfg.model.get("name") == "mlp":
         want = 2 * int(shape[-1])
         if int(cfg.model.get("out_dim", 0) or cfg.model.dim) != want:
@@ -136,6 +137,33 @@ def _validate_source(cfg):
                 f"objective.score_head=True: the network outputs [velocity, score]; set model.out_dim={want} "
                 f"(got {cfg.model.get('out_dim', 0) or cfg.model.dim})"
             )
+
+
+def _validate_reflow(cfg):
+    """The reflow coupling trains on pairs from a file, and a pairs file only makes sense with it
+    (any other coupling would re-pair or ignore x0). The file itself is checked by `check_data_files`."""
+    coupling = cfg.objective.get("coupling", "independent")
+    pairs = cfg.data.get("pairs_path", "")
+    if coupling == "reflow" and not pairs:
+        raise ValueError(
+            "objective.coupling='reflow' needs data.pairs_path (the (x0, x1) pairs .npz drawn from a trained "
+            "run by `python -m diffusion_jax.reflow`)"
+        )
+    if pairs and coupling != "reflow":
+        raise ValueError(
+            f"data.pairs_path is set but objective.coupling={coupling!r}: reflow pairs need "
+            "objective.coupling='reflow'"
+        )
+
+
+def check_data_files(cfg) -> None:
+    """File checks of a run about to train (after `validate_config`, before compiling): a reflow
+    pairs file exists and matches the data shape and batch size (`data.pairs.check_pairs`)."""
+    if cfg.data.get("pairs_path", ""):
+        from diffusion_jax.data.pairs import check_pairs
+        from diffusion_jax.training.build import data_shape
+
+        check_pairs(cfg.data.pairs_path, data_shape(cfg), int(cfg.data.batch_size))
 
 
 def import_extensions(cfg) -> list[str]:

@@ -36,7 +36,7 @@ from diffusion_jax.training.build import (
     expand_shardings,
     to_model_batch,
 )
-from diffusion_jax.training.config import validate_config
+from diffusion_jax.training.config import check_data_files, validate_config
 from diffusion_jax.training.fsdp import fsdp_net_fn
 from diffusion_jax.training.lock import RunLock, WorkdirLocked
 from diffusion_jax.training.logging import MetricsLogger
@@ -386,6 +386,7 @@ def train(
       `integrity.CheckpointUnavailable` (see the README, "What happens when things go wrong").
     """
     validate_config(cfg)
+    check_data_files(cfg)
     workdir = workdir_lib.check_workdir(cfg, workdir)
     transform = _host_batch_transform(cfg)  # loads any embeddings file before compiling
     rt = build_runtime(cfg, devices)
