@@ -118,3 +118,29 @@ def test_every_readme_command_runs(tmp_path):
     assert x.shape == (100, 8, 8, 1)
     for s in (0, 3, 99):
         np.testing.assert_array_equal(x[s], files[s]["sample"])
+
+
+REPRO = "## Paper reproductions: conditional flow matching (2-D) and likelihood consistency"
+# README command -> the extra arguments that make it test-sized (--out goes to a temporary folder).
+REPRO_TINY = {
+    "experiments.reproduce_cfm": ["--quick", "--tasks=gaussian_to_moons", "--seeds=42", "--methods=i_cfm"],
+    "experiments.reproduce_likelihood": ["--quick", "--skip_fmnist"],
+}
+
+
+@pytest.mark.slow
+def test_reproduction_commands_run(tmp_path):
+    """The reproduction section's commands, run in-process with their --quick variants."""
+    import importlib
+
+    text = open(README).read()
+    start = text.index(REPRO)
+    section = text[start : text.index("\n## ", start + len(REPRO))]
+    cmds = [c.strip() for _, body in _blocks(section) for c in body.splitlines() if c.strip()]
+    assert [shlex.split(c)[2] for c in cmds] == list(REPRO_TINY)
+    for i, cmd in enumerate(cmds):
+        args = shlex.split(cmd)
+        assert args[:2] == [".venv/bin/python", "-m"] and args[3].startswith("--out=experiments/results/")
+        out = str(tmp_path / str(i))
+        res = importlib.import_module(args[2]).main([f"--out={out}", *args[4:], *REPRO_TINY[args[2]]])
+        assert res and os.listdir(out)
