@@ -71,37 +71,50 @@ def run(args) -> dict:
     sizes, dim, steps = ((16, 64), 16, 2) if args.quick else ((200, 20_000), DIM, 10)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("ours", "collect"):
+        for mode in args.modes:
             for n in sizes:
                 rows[(mode, n)] = peak_rss_mb(mode, n, os.path.join(tmp, f"{mode}_{n}"), dim, steps)
-        a = np.load(os.path.join(tmp, f"ours_{sizes[0]}", "000007.npz"))["sample"]
-        b = np.load(os.path.join(tmp, f"collect_{sizes[0]}", "000007.npz"))["sample"]
-        np.testing.assert_array_equal(a, b)  # both structures write the same sample for a seed
+        if len(args.modes) == 2:
+            a = np.load(os.path.join(tmp, f"ours_{sizes[0]}", "000007.npz"))["sample"]
+            b = np.load(os.path.join(tmp, f"collect_{sizes[0]}", "000007.npz"))["sample"]
+            np.testing.assert_array_equal(a, b)  # both structures write the same sample for a seed
     return {
         "sizes": list(sizes),
         "dim": dim,
         "peak_rss_mb": {f"{m}_{n}": v for (m, n), v in rows.items()},
-        "ratio_ours": rows[("ours", sizes[1])] / rows[("ours", sizes[0])],
-        "ratio_collect": rows[("collect", sizes[1])] / rows[("collect", sizes[0])],
+        **{f"ratio_{m}": rows[(m, sizes[1])] / rows[(m, sizes[0])] for m in args.modes},
     }
 
 
 def report(res, args) -> list[str]:
     lo, hi = res["sizes"]
     r = res["peak_rss_mb"]
+    label = {"ours": "streaming (ours)", "collect": "collect, then write"}
     rows = [
-        ["streaming (ours)", f"{r[f'ours_{lo}']:.0f}", f"{r[f'ours_{hi}']:.0f}", fmt_ratio(res["ratio_ours"])],
-        ["collect, then write", f"{r[f'collect_{lo}']:.0f}", f"{r[f'collect_{hi}']:.0f}",
-         fmt_ratio(res["ratio_collect"])],
-    ]  # fmt: skip
+        [label[m], f"{r[f'{m}_{lo}']:.0f}", f"{r[f'{m}_{hi}']:.0f}", fmt_ratio(res[f"ratio_{m}"])]
+        for m in ("ours", "collect")
+        if f"ratio_{m}" in res
+    ]
     return [md_table(["structure", f"peak RSS MB, N={lo}", f"N={hi}", f"N={hi} / N={lo}"], rows)]
+
+
+def parse_args(argv):
+    """--quick / --out, plus --modes (default both structures; `--modes ours` measures ours alone)."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--modes", nargs="+", choices=("ours", "collect"), default=["ours", "collect"])
+    known, rest = pre.parse_known_args(argv)
+    args = base_args(__doc__, rest)
+    args.modes = tuple(dict.fromkeys(known.modes))
+    return args
 
 
 def main(argv=None) -> dict:
     return run_main(
         "sampling_memory",
         "Sampling: peak RSS vs number of samples (streamed writes vs collect-then-write)",
-        lambda a: base_args(__doc__, a),
+        parse_args,
         run,
         report,
         argv,
