@@ -1,0 +1,500 @@
+"""Issue 13, section 2: one network, six formulations, four ODE solvers, quality against NFE.
+
+Every formulation (`configs/toy2d/{vp_eps,vp_v_cosine,edm,rf_uniform,rf_logit_normal,ot_cfm}.py`,
+and the same names under `configs/fashion_mnist/`) trains the same network on the same data stream
+with the same optimizer, budget and seed through `python -m diffusion_jax.train` (the only config
+differences are the objective preset and the path's default grid, `configs/toy2d/common.py`); the
+budget overrides below are applied to every formulation alike. Then every run is sampled from its
+EMA weights through the one sampling engine (`training.periodic.plan_for` -> `samplers.seeds`:
+seeds 0..n-1, base seed `sampling.seed`) with
+
+  * Euler, Heun (Karras et al. 2022, Alg. 1) and DPM-Solver++ 2M (Lu et al. 2022b, Alg. 2) at each
+    step count in `--steps`, on the formulation's own grid; NFE = the sampler's NFE rule
+    (`Sampler.nfe(num_steps)`; Heun skips its correction on the last step: 2N - 1);
+  * Dopri5 (Dormand & Prince 1980; adaptive, diffrax) at each tolerance in `--tols`; NFE measured
+    (1 + 6 x attempted steps, the maximum over the batch; `samplers/adaptive.py`).
+
+2-D (`--part=toy`): exact W2 (POT, `metrics.ot.w2_exact`) between n samples and n fresh data points
+(`periodic.reference_samples`), beside the *sampling floor*: the W2 between two independent draws
+of n data points (a perfect generator scores about this at this n). W2 of the untrained (step-0
+initialisation) network is listed too. NLL: the probability-flow ODE likelihood
+(`likelihood.log_likelihood`, exact divergence, Dopri5 at each tolerance; Song et al. 2021 App. D.2)
+of fresh data points, in nats per point, with its NFE; on `gmm` (analytic 8-mode mixture) beside the
+true NLL -E log p_data(x) of the same points. Fixed-step NLL (Euler / Heun / DPM-Solver++ on the
+augmented ODE) is not computed: `likelihood.py` integrates adaptively only.
+
+Fashion-MNIST (`--part=fmnist`): the Frechet distance of the penultimate features of the project's
+Fashion-MNIST classifier (`metrics.classifier`, `make fmnist_classifier`) between n samples and n
+test images, beside its floor (n train images vs the same n test images), against NFE.
+
+    python -m experiments.compare_formulations --part=toy --out=experiments/results/compare_formulations
+    python -m experiments.compare_formulations --part=fmnist --out=experiments/results/compare_formulations
+    python -m experiments.compare_formulations --quick --out=/tmp/compare_quick   # seconds; the tests
+
+The defaults are the full protocol (2-D: the configs' 20k steps; Fashion-MNIST: sized for about an
+hour on an idle 2-core CPU). Results: `<part>.md` (tables, with the command), `<part>.csv`
+(one row per run x solver x setting), `<part>_*.png`. `experiments/reproduce_sd3_steps.py` reads
+the csv (reproduction 3d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import shlex
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+from configs.toy2d import common as toy_common
+from experiments.demo import table
+from experiments.demo_training import REPO, _run_parallel
+
+FORMULATIONS = tuple(toy_common.FORMULATIONS)
+FIXED_SAMPLERS = ("euler", "heun", "dpmpp_2m")
+ADAPTIVE = "dopri5"
+PARTS = ("toy", "fmnist")
+TOY_DATASETS = ("gmm", "moons", "8gaussians", "checkerboard")
+
+# The full protocols (script defaults). Training overrides are applied to every formulation alike.
+FULL = {
+    "toy": dict(datasets=TOY_DATASETS, train_steps=20_000, n=2000, steps=(5, 10, 20, 50),
+                tols=(1e-2, 1e-3, 1e-4), nll_n=1000, overrides=()),
+    "fmnist": dict(train_steps=4000, n=2000, steps=(5, 10, 20, 50), tols=(1e-2, 1e-3), overrides=(
+        "--config.model.nf=16", "--config.model.ch_mult=(1,2)", "--config.model.num_res_blocks=1",
+        "--config.model.attn_resolutions=()", "--config.data.batch_size=64",
+        "--config.training.warmup_steps=200", "--config.training.ema_decays=(0.999,)")),
+}  # fmt: skip
+# --quick: tiny everything, for the tests (seconds per run).
+QUICK = {
+    "toy": dict(datasets=("gmm",), train_steps=300, n=256, steps=(2, 4), tols=(1e-2,), nll_n=64, overrides=(
+        "--config.model.width=32", "--config.training.ema_decays=(0.9,)")),
+    "fmnist": dict(train_steps=2, n=16, steps=(2,), tols=(), overrides=(
+        "--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
+        "--config.model.attn_resolutions=()", "--config.data.batch_size=4",
+        "--config.training.warmup_steps=0", "--config.training.ema_decays=(0.9,)",
+        "--config.model.dropout=0.0")),
+}  # fmt: skip
+
+
+def config_path(part: str, form: str, dataset: str | None) -> str:
+    """The `--config` argument of a run: configs/toy2d/<form>.py:<dataset> or configs/fashion_mnist/<form>.py."""
+    if part == "toy":
+        return f"{REPO}/configs/toy2d/{form}.py:{dataset}"
+    return f"{REPO}/configs/fashion_mnist/{form}.py"
+
+
+def train_cmd(part: str, form: str, dataset: str | None, workdir: str, steps: int, overrides) -> list[str]:
+    """The training command of one run (the same budget and overrides for every formulation)."""
+    return [
+        sys.executable, "-m", "diffusion_jax.train", f"--config={config_path(part, form, dataset)}",
+        f"--workdir={workdir}", f"--config.training.num_steps={steps}",
+        f"--config.training.ckpt_every={steps}", "--config.training.sample_every=0",
+        "--config.training.eval_every=0", f"--config.training.log_every={max(1, min(500, steps))}",
+        *overrides, "--noprogress",
+    ]  # fmt: skip
+
+
+def draw(cfg, den, sampler: str, setting, n: int, grid: str | None = None):
+    """Seeds 0..n-1 of `den` through the one engine with the run's sampling settings except the
+    sampler (fixed-step: `setting` steps on the run's grid; dopri5: rtol = atol = `setting`).
+    Returns (samples [n, ...], NFE: the sampler's rule for fixed steps, measured for dopri5).
+    Raises ValueError (before compiling) if the sampler refuses the path or grid."""
+    from diffusion_jax.training import periodic
+
+    c = copy.deepcopy(cfg)
+    c.sampling.sampler = sampler
+    c.sampling.chunk_size = min(n, 1000)
+    if grid:
+        c.sampling.grid = grid
+    if sampler == ADAPTIVE:
+        c.sampling.sampler_kwargs = {"rtol": float(setting), "atol": float(setting)}
+        c.sampling.num_steps = 1
+    else:
+        c.sampling.sampler_kwargs = {}
+        c.sampling.num_steps = int(setting)
+    plan = periodic.plan_for(c, den)
+    chunks = list(plan.stream(list(range(n))))
+    samples = np.concatenate([ch.samples for ch in chunks], axis=0)
+    nfe = max(int(ch.nfe) for ch in chunks) if sampler == ADAPTIVE else int(plan.meta["nfe"])
+    return samples, nfe
+
+
+def load_run(workdir: str, initial: bool = False):
+    """(cfg, denoiser) of a finished run's EMA weights, or of its step-0 initialisation (`initial`)."""
+    from diffusion_jax import objectives
+    from diffusion_jax.training import checkpoints
+
+    state, cfg, net = checkpoints.load_train_state(workdir)
+    params = net.params if initial else checkpoints.select_params(state, "")
+    return cfg, objectives.make_denoiser_from_config(cfg.objective, net.net_fn, params)
+
+
+def solver_rows(cfg, den, spec: dict, score, n: int) -> list[dict]:
+    """One row per (solver, steps / tolerance): {'sampler', 'steps', 'tol', 'NFE', 'metric', 'error'}."""
+    rows = []
+    settings = [(s, k) for s in FIXED_SAMPLERS for k in spec["steps"]]
+    settings += [(ADAPTIVE, tol) for tol in spec["tols"]]
+    for sampler, setting in settings:
+        row = {"sampler": sampler, "steps": "-", "tol": "-"}
+        row["steps" if sampler != ADAPTIVE else "tol"] = setting
+        try:
+            samples, nfe = draw(cfg, den, sampler, setting, n)
+        except ValueError as e:  # refused before compiling (sampler x path x grid)
+            rows.append({**row, "NFE": "-", "metric": float("nan"), "error": str(e).splitlines()[0]})
+            continue
+        rows.append({**row, "NFE": nfe, "metric": score(samples), "error": ""})
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------
+# 2-D
+# -------------------------------------------------------------------------------------------------
+
+
+def toy_floor(dataset: str, cfg, n: int) -> float:
+    """W2 between the evaluation reference draw and an independent draw of n data points."""
+    import jax
+
+    from diffusion_jax.data import toy2d
+    from diffusion_jax.metrics.ot import w2_exact
+    from diffusion_jax.training import periodic
+
+    other = jax.random.fold_in(periodic.eval_data_key(cfg), 0xF1004)
+    return w2_exact(np.asarray(toy2d.sample_toy(dataset, other, n)), periodic.reference_samples(cfg, n))
+
+
+def toy_nll(cfg, den, dataset: str, n: int, tols) -> list[dict]:
+    """Probability-flow ODE NLL (nats / point) of n fresh data points (key independent of the W2
+    reference) per Dopri5 tolerance, with mean NFE; on gmm also the true NLL of the same points."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffusion_jax import likelihood
+    from diffusion_jax.data import toy2d
+    from diffusion_jax.training import periodic
+
+    x = toy2d.sample_toy(dataset, jax.random.fold_in(periodic.eval_data_key(cfg), 0x4E11), n)
+    true = float(-jnp.mean(toy2d.toy_gmm().log_prob(x))) if dataset == "gmm" else None
+    out = []
+    for tol in tols:
+        res = likelihood.log_likelihood(den, x, solver="dopri5", rtol=tol, atol=tol)
+        out.append(
+            {"tol": tol, "NFE": float(jnp.mean(res.nfe)), "NLL": float(-jnp.mean(res.logp)), "true NLL": true}
+        )
+    return out
+
+
+def evaluate_toy(runs: str, spec: dict, progress: bool = True) -> list[dict]:
+    """Rows {'dataset', 'formulation', 'sampler', 'steps', 'tol', 'NFE', 'metric', 'kind', ...}."""
+    from diffusion_jax.metrics.ot import w2_exact
+    from diffusion_jax.training import periodic
+
+    rows = []
+    for dataset in spec["datasets"]:
+        for form in FORMULATIONS:
+            wd = os.path.join(runs, f"{dataset}_{form}")
+            cfg, den = load_run(wd)
+            ref = periodic.reference_samples(cfg, spec["n"])
+            base = {"dataset": dataset, "formulation": form}
+            floor = toy_floor(dataset, cfg, spec["n"])
+            _, den0 = load_run(wd, initial=True)
+            init, _ = draw(cfg, den0, "euler", max(spec["steps"]), spec["n"])
+            w2_init = w2_exact(init, ref)
+            for r in solver_rows(cfg, den, spec, lambda s, ref=ref: w2_exact(s, ref), spec["n"]):
+                rows.append({**base, **r, "kind": "W2", "floor": floor, "init": w2_init})
+            for r in toy_nll(cfg, den, dataset, spec["nll_n"], spec["tols"]):
+                rows.append(
+                    {**base, "sampler": ADAPTIVE, "steps": "-", "tol": r["tol"], "NFE": r["NFE"],
+                     "metric": r["NLL"], "error": "", "kind": "NLL", "floor": r["true NLL"], "init": None}
+                )  # fmt: skip
+            if progress:
+                print(f"  evaluated {dataset}/{form}", flush=True)
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# -------------------------------------------------------------------------------------------------
+
+
+def fmnist_scorer(classifier_path: str, n: int, quick: bool):
+    """(score(samples) -> Frechet feature distance to n test images, floor) with the classifier's
+    features; floor = n train images vs the same n test images. In --quick the classifier is a
+    randomly initialised one (the tests do not train it) and the images are the first n of each split."""
+    import jax
+
+    from diffusion_jax.data import fashion_mnist
+    from diffusion_jax.metrics import classifier, fid
+
+    if quick:
+        from flax import nnx
+
+        graphdef, state = nnx.split(classifier.create(0))
+    else:
+        graphdef, state, _ = classifier.load(classifier_path)
+    fn = jax.jit(classifier.feature_fn(graphdef, state))
+
+    def moments(images):
+        feats = np.concatenate([np.asarray(fn(images[i : i + 500])) for i in range(0, len(images), 500)])
+        return feats.mean(0), np.cov(feats, rowvar=False)
+
+    test = fashion_mnist.load_split_numpy("test")[0][:n]
+    train = fashion_mnist.load_split_numpy("train")[0][:n]
+    mu_t, s_t = moments(test)
+    floor = fid.frechet_distance(*moments(train), mu_t, s_t)
+
+    def score(samples):
+        if samples.shape[1:3] != (28, 28):
+            raise ValueError(f"Fashion-MNIST samples must be 28x28, got {samples.shape}")
+        return fid.frechet_distance(*moments(samples.astype(np.float32)), mu_t, s_t)
+
+    return score, floor
+
+
+def evaluate_fmnist(runs: str, spec: dict, classifier_path: str, quick: bool, progress=True) -> list[dict]:
+    score, floor = fmnist_scorer(classifier_path, spec["n"], quick)
+    rows = []
+    for form in FORMULATIONS:
+        cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
+        for r in solver_rows(cfg, den, spec, score, spec["n"]):
+            rows.append({"dataset": "fashion_mnist", "formulation": form, **r, "kind": "FD", "floor": floor})
+        if progress:
+            print(f"  evaluated fashion_mnist/{form}", flush=True)
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------
+# Tables, plots, main
+# -------------------------------------------------------------------------------------------------
+
+COLUMNS = (
+    "dataset",
+    "formulation",
+    "kind",
+    "sampler",
+    "steps",
+    "tol",
+    "NFE",
+    "metric",
+    "floor",
+    "init",
+    "error",
+)
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: str) -> list[dict]:
+    """Rows of a `write_csv` file, numbers parsed (NFE int or float, metric/floor/init float or None)."""
+
+    def num(v):
+        if v in ("", "-", "None"):
+            return None if v != "-" else "-"
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v else f
+
+    with open(path) as f:
+        return [{k: (num(v) if k not in ("dataset", "formulation", "kind", "sampler", "error") else v)
+                 for k, v in r.items()} for r in csv.DictReader(f)]  # fmt: skip
+
+
+def pivot(rows: list[dict], kind: str, dataset: str) -> tuple[list[str], list[dict]]:
+    """Markdown-ready rows: one per formulation, one column per solver setting ('euler N=5 (NFE 5)')."""
+    sel = [r for r in rows if r["kind"] == kind and r["dataset"] == dataset]
+    cols, out = [], {}
+    for r in sel:
+        setting = f"N={r['steps']}" if r["sampler"] != ADAPTIVE else f"tol={r['tol']:g}"
+        nfe = r["NFE"] if isinstance(r["NFE"], str) else f"{r['NFE']:.4g}"
+        col = f"{r['sampler']} {setting}"
+        val = "refused" if r["error"] else f"{r['metric']:.4g} (NFE {nfe})"
+        if col not in cols:
+            cols.append(col)
+        out.setdefault(r["formulation"], {"formulation": r["formulation"]})[col] = val
+    body = [{c: row.get(c, "-") for c in ["formulation", *cols]} for row in out.values()]
+    return ["formulation", *cols], body
+
+
+def plot(rows: list[dict], kind: str, dataset: str, path: str, ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samplers = [
+        s for s in (*FIXED_SAMPLERS, ADAPTIVE) if any(r["sampler"] == s and r["kind"] == kind for r in rows)
+    ]
+    fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.2), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], samplers, strict=True):
+        for i, form in enumerate(FORMULATIONS):
+            pts = sorted(
+                (r["NFE"], r["metric"])
+                for r in rows
+                if r["kind"] == kind and r["dataset"] == dataset and r["formulation"] == form
+                and r["sampler"] == s and not r["error"]
+            )  # fmt: skip
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=f"C{i}", label=form)
+        floor = next((r["floor"] for r in rows if r["kind"] == kind and r["dataset"] == dataset), None)
+        if floor is not None:
+            ax.axhline(floor, color="k", ls=":", lw=1, label="floor" if kind != "NLL" else "true NLL")
+        ax.set(xscale="log", xlabel="NFE", title=f"{dataset}: {s}")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(rows: list[dict], part: str, spec: dict, command: str, out: str, notes: str = "") -> str:
+    """The markdown results of `part` (tables per dataset and metric), plus the figures."""
+    kinds = {"toy": (("W2", "exact W2 to fresh data"), ("NLL", "NLL (nats/point), dopri5 likelihood ODE")),
+             "fmnist": (("FD", "classifier feature distance to test images"),)}[part]  # fmt: skip
+    lines = [f"# Formulation comparison: {part}", "", f"Made by `{command}`.", "", notes, ""]
+    lines.append(f"Protocol: {', '.join(f'{k}={v}' for k, v in spec.items())}.")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for kind, what in kinds:
+            cols, body = pivot(rows, kind, dataset)
+            if not body:
+                continue
+            sel = [r for r in rows if r["kind"] == kind and r["dataset"] == dataset]
+            extra = ""
+            if kind in ("W2", "FD"):
+                extra = f" Floor (two independent data draws at n = {spec['n']}): {sel[0]['floor']:.4g}."
+                if sel[0].get("init") is not None:
+                    inits = ", ".join(
+                        f"{r['formulation']} {r['init']:.3g}"
+                        for r in sel
+                        if r["sampler"] == "euler" and r["steps"] == max(spec["steps"])
+                    )  # noqa: E501
+                    extra += f" Untrained network (Euler, {max(spec['steps'])} steps): {inits}."
+            elif sel[0]["floor"] is not None:
+                extra = f" True NLL of the same points: {sel[0]['floor']:.4g}."
+            lines.append(table(body, cols, f"{dataset}: {what}") + "\n" + extra)
+            png = f"{part}_{dataset}_{kind}.png"
+            plot(rows, kind, dataset, os.path.join(out, png), kind)
+            lines.append(f"\n![{dataset} {kind}]({png})\n")
+    refused = sorted({(r["formulation"], r["sampler"], r["error"]) for r in rows if r["error"]})
+    if refused:
+        lines.append("\nRefused before compiling: " + "; ".join(f"{f}/{s}: {e}" for f, s, e in refused))
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="results folder (<part>.md, <part>.csv, figures, runs/)")
+    p.add_argument("--part", default="toy", help=f"comma-separated parts; valid: {list(PARTS)}")
+    p.add_argument("--quick", action="store_true", help="tiny models and few steps (the tests)")
+    p.add_argument("--train_steps", type=int, default=None, help="override the protocol's training steps")
+    p.add_argument(
+        "--datasets", default=None, help=f"2-D datasets (comma-separated); valid: {list(TOY_DATASETS)}"
+    )
+    p.add_argument("--n", type=int, default=None, help="samples per evaluation (W2 / feature distance)")
+    p.add_argument("--steps", default=None, help="fixed-step counts, comma-separated")
+    p.add_argument("--tols", default=None, help="dopri5 tolerances, comma-separated ('' for none)")
+    p.add_argument("--classifier", default=os.path.join(REPO, "checkpoints", "fmnist_classifier.npz"))
+    p.add_argument(
+        "--runs", default=None, help="training runs folder (default OUT/runs); finished runs are reused"
+    )
+    p.add_argument("--jobs", type=int, default=2, help="training runs at a time")
+    p.add_argument("--report_only", action="store_true", help="rewrite <part>.md from an existing <part>.csv")
+    p.add_argument("--reduced_note", default="", help="a note printed in the results (e.g. a reduced budget)")
+    args = p.parse_args(argv)
+    parts = [s for s in args.part.split(",") if s]
+    bad = [s for s in parts if s not in PARTS]
+    if bad or not parts:
+        p.error(f"--part: unknown {bad or parts!r}; valid: {list(PARTS)}")
+    if args.datasets:
+        bad = [d for d in args.datasets.split(",") if d not in TOY_DATASETS]
+        if bad:
+            p.error(f"--datasets: unknown {bad}; valid: {list(TOY_DATASETS)}")
+    for name in ("train_steps", "n", "jobs"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            p.error(f"--{name} must be >= 1, got {v}")
+    try:
+        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+        tols = [float(s) for s in args.tols.split(",") if s] if args.tols is not None else None
+    except ValueError as e:
+        p.error(f"--steps / --tols: {e}")
+    if steps is not None and min(steps) < 1:
+        p.error(f"--steps must be >= 1, got {steps}")
+    if "fmnist" in parts and not args.quick and not os.path.isfile(args.classifier):
+        p.error(f"--classifier={args.classifier!r} not found; train it with `make fmnist_classifier`")
+    return args, parts, steps, tols
+
+
+def protocol(args, part: str, steps, tols) -> dict:
+    spec = dict((QUICK if args.quick else FULL)[part])
+    for key, val in (("train_steps", args.train_steps), ("n", args.n), ("steps", steps), ("tols", tols)):
+        if val is not None:
+            spec[key] = tuple(val) if isinstance(val, list) else val
+    if part == "toy" and args.datasets:
+        spec["datasets"] = tuple(args.datasets.split(","))
+    return spec
+
+
+def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
+    runs = args.runs or os.path.join(args.out, "runs")
+    os.makedirs(runs, exist_ok=True)
+    over = list(spec["overrides"])
+    if part == "toy":
+        suffix = "_tiny" if args.quick else ""
+        cmds = {f"{d}_{f}": train_cmd(part, f, d + suffix, os.path.join(runs, f"{d}_{f}"), spec["train_steps"], over)
+                for d in spec["datasets"] for f in FORMULATIONS}  # fmt: skip
+    else:
+        if args.quick:
+            over = [*over, "--config.model.image_size=28", "--config.data.image_size=28"]
+        cmds = {f"fmnist_{f}": train_cmd(part, f, None, os.path.join(runs, f"fmnist_{f}"), spec["train_steps"], over)
+                for f in FORMULATIONS}  # fmt: skip
+    csv_path = os.path.join(args.out, f"{part}.csv")
+    if args.report_only:
+        if not os.path.isfile(csv_path):
+            raise SystemExit(f"--report_only: {csv_path!r} not found (run without --report_only first)")
+        return write_report(read_csv(csv_path), part, spec, over, command, args, {})
+    t0 = time.time()
+    print(f"[{part}] training {len(cmds)} runs x {spec['train_steps']} steps ...", flush=True)
+    times = _run_parallel(cmds, runs, jobs=args.jobs)
+    print(f"[{part}] trained in {time.time() - t0:.0f} s; evaluating ...", flush=True)
+    if part == "toy":
+        rows = evaluate_toy(runs, spec, progress=not args.quick)
+    else:
+        rows = evaluate_fmnist(runs, spec, args.classifier, args.quick, progress=not args.quick)
+    write_csv(csv_path, rows)
+    return write_report(rows, part, spec, over, command, args, times)
+
+
+def write_report(rows, part, spec, over, command, args, times) -> list[dict]:
+    note = args.reduced_note
+    if times:
+        note += "\n\nTraining wall time per run (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+    shown = {k: v for k, v in spec.items() if k != "overrides"} | {"overrides": " ".join(over)}
+    with open(os.path.join(args.out, f"{part}.md"), "w") as f:
+        f.write(report(rows, part, shown, command, args.out, note))
+    return rows
+
+
+def main(argv=None) -> dict[str, list[dict]]:
+    args, parts, steps, tols = parse_args(argv)
+    command = "python -m experiments.compare_formulations " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for part in parts:
+        results[part] = run_part(part, protocol(args, part, steps, tols), args, command)
+    return results
+
+
+if __name__ == "__main__":
+    main()
