@@ -197,7 +197,7 @@ def evaluate_toy(runs: str, spec: dict, progress: bool = True) -> list[dict]:
 
     rows = []
     for dataset in spec["datasets"]:
-        for form in FORMULATIONS:
+        for form in spec["formulations"]:
             wd = os.path.join(runs, f"{dataset}_{form}")
             cfg, den = load_run(wd)
             ref = periodic.reference_samples(cfg, spec["n"])
@@ -260,7 +260,7 @@ def fmnist_scorer(classifier_path: str, n: int, quick: bool):
 def evaluate_fmnist(runs: str, spec: dict, classifier_path: str, quick: bool, progress=True) -> list[dict]:
     score, floor = fmnist_scorer(classifier_path, spec["n"], quick)
     rows = []
-    for form in FORMULATIONS:
+    for form in spec["formulations"]:
         cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
         for r in solver_rows(cfg, den, spec, score, spec["n"]):
             rows.append({"dataset": "fashion_mnist", "formulation": form, **r, "kind": "FD", "floor": floor})
@@ -399,6 +399,9 @@ def parse_args(argv):
     p.add_argument(
         "--datasets", default=None, help=f"2-D datasets (comma-separated); valid: {list(TOY_DATASETS)}"
     )
+    p.add_argument(
+        "--formulations", default=None, help=f"subset (comma-separated); valid: {list(FORMULATIONS)}"
+    )
     p.add_argument("--n", type=int, default=None, help="samples per evaluation (W2 / feature distance)")
     p.add_argument("--steps", default=None, help="fixed-step counts, comma-separated")
     p.add_argument("--tols", default=None, help="dopri5 tolerances, comma-separated ('' for none)")
@@ -418,6 +421,10 @@ def parse_args(argv):
         bad = [d for d in args.datasets.split(",") if d not in TOY_DATASETS]
         if bad:
             p.error(f"--datasets: unknown {bad}; valid: {list(TOY_DATASETS)}")
+    if args.formulations:
+        bad = [f for f in args.formulations.split(",") if f not in FORMULATIONS]
+        if bad:
+            p.error(f"--formulations: unknown {bad}; valid: {list(FORMULATIONS)}")
     for name in ("train_steps", "n", "jobs"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -441,6 +448,7 @@ def protocol(args, part: str, steps, tols) -> dict:
             spec[key] = tuple(val) if isinstance(val, list) else val
     if part == "toy" and args.datasets:
         spec["datasets"] = tuple(args.datasets.split(","))
+    spec["formulations"] = tuple(args.formulations.split(",")) if args.formulations else FORMULATIONS
     return spec
 
 
@@ -451,12 +459,12 @@ def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
     if part == "toy":
         suffix = "_tiny" if args.quick else ""
         cmds = {f"{d}_{f}": train_cmd(part, f, d + suffix, os.path.join(runs, f"{d}_{f}"), spec["train_steps"], over)
-                for d in spec["datasets"] for f in FORMULATIONS}  # fmt: skip
+                for d in spec["datasets"] for f in spec["formulations"]}  # fmt: skip
     else:
         if args.quick:
             over = [*over, "--config.model.image_size=28", "--config.data.image_size=28"]
         cmds = {f"fmnist_{f}": train_cmd(part, f, None, os.path.join(runs, f"fmnist_{f}"), spec["train_steps"], over)
-                for f in FORMULATIONS}  # fmt: skip
+                for f in spec["formulations"]}  # fmt: skip
     csv_path = os.path.join(args.out, f"{part}.csv")
     if args.report_only:
         if not os.path.isfile(csv_path):

@@ -35,6 +35,21 @@ def readme_section():
     return text[start:end]
 
 
+def section_commands(title: str) -> list[str]:
+    """The shell commands of the README section `title` (e.g. "## Comparing formulations"), for the
+    tests of the scripts they call (those tests run them, with a temporary output folder)."""
+    text = open(README).read()
+    start = text.index(title)
+    body = text[start : text.index("\n## ", start + len(title))]
+    return [
+        ln.strip()
+        for lang, block in _blocks(body)
+        if lang != "python"
+        for ln in block.replace("\\\n", " ").splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
+
+
 def readme_commands():
     """The shell commands (continuation lines joined) and Python snippets of the section."""
     cmds, snippets = [], []
