@@ -96,6 +96,7 @@ def test_readme_parses_into_the_commands_we_expect():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # trains the Fashion-MNIST U-Net in a subprocess: GBs of RSS (tests/conftest.py)
 def test_every_readme_command_runs(tmp_path):
     tmp = str(tmp_path)
     cmds, snippets = readme_commands()

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.heavy  # the Fashion-MNIST U-Net's train step compiles in GBs of RSS (tests/conftest.py)
 def test_loss_goes_down_on_real_fashion_mnist(tmp_path):
     sys.path.insert(0, REPO)
     from configs.fashion_mnist import rf_uniform
