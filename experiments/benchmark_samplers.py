@@ -29,6 +29,9 @@ error_vs_nfe.png (log-log, one panel per grid, one line per sampler), w2_vs_nfe.
     python -m experiments.benchmark_samplers \
         --config=configs/experiments/benchmark_samplers.py:full \
         --out=experiments/results/benchmark_samplers
+
+With a pretrained model's config (`--config=configs/pretrained/...`) the same command reports FID
+against NFE for the sampler x grid table instead (`experiments/sampler_fid.py`).
 """
 
 from __future__ import annotations
@@ -948,7 +951,25 @@ def main(argv):
         )
 
 
+def is_pretrained_request(argv) -> bool:
+    """Whether argv's --config is a pretrained model's (`configs/pretrained/*`, denoiser.source =
+    'pretrained'): its FID-vs-NFE table is `experiments.sampler_fid`."""
+    from diffusion_jax.training import overrides
+
+    spec, _ = overrides.pop_config_args(argv)
+    if spec is None or spec.endswith(".json"):
+        return False
+    cfg = overrides.load_config_arg(spec)
+    return "denoiser" in cfg and cfg.denoiser.get("source", "") == "pretrained"
+
+
 if __name__ == "__main__":
+    import sys
+
+    if is_pretrained_request(sys.argv):
+        from experiments import sampler_fid
+
+        sys.exit(sampler_fid.main(sys.argv))
     from absl import app, flags
     from ml_collections import config_flags
 
