@@ -31,8 +31,11 @@ test images, beside its floor (n train images vs the same n test images), agains
     python -m experiments.compare_formulations --part=fmnist --out=experiments/results/compare_formulations
     python -m experiments.compare_formulations --quick --out=/tmp/compare_quick   # seconds; the tests
 
-The defaults are the full protocol (2-D: the configs' 20k steps; Fashion-MNIST: sized for about an
-hour on an idle 2-core CPU). Results: `<part>.md` (tables, with the command), `<part>.csv`
+The defaults are the full protocol (2-D: the configs' 20k steps; Fashion-MNIST: meant to take about
+an hour on an idle 2-core CPU, an estimate: it was not timed on an idle machine). Status: the 2-D part
+is tested (`--quick`, tests/test_experiments_compare_formulations.py) and has a committed (reduced)
+run; `--part=fmnist` has not yet completed a run here, not even `--quick` (the shared machine was
+saturated: see experiments/results/compare_formulations/README.md). Results: `<part>.md` (tables, with the command), `<part>.csv`
 (one row per run x solver x setting), `<part>_*.png`. `experiments/reproduce_sd3_steps.py` reads
 the csv (reproduction 3d).
 """
