@@ -13,6 +13,10 @@ Transforms (PyTorch layout -> ours):
   cat         several b_i [n_i] -> [sum n_i]
   unbatch     [1, ...] -> [...] (DiT's stored position table)
 
+A rule may also carry `reshape`: the transformed array is reshaped to it, e.g. a [D, 3D] qkv kernel
+to our head-major [D, 3, H, D/H] (DiT) and its [3D] bias to [3, H, D/H]; export flattens back (a
+kernel to [its first dim, -1], a vector to [-1]) before inverting the transform.
+
 The converted file is a safetensors file of our flattened state with JSON metadata (the model
 config, the source layout, the source file's SHA-256, extras such as latent scale factors) and a
 `<file>.sha256` sidecar in `sha256sum` format; loading verifies the checksum.
@@ -47,6 +51,7 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]
     kind: str
+    reshape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -55,14 +60,25 @@ class Rule:
             raise ValueError(f"Rule {self.ours}: kind {self.kind!r} takes exactly one source tensor")
 
 
-def rule(ours: str, theirs: str | tuple[str, ...], kind: str = "copy") -> Rule:
-    return Rule(ours, (theirs,) if isinstance(theirs, str) else tuple(theirs), kind)
+def rule(ours: str, theirs: str | tuple[str, ...], kind: str = "copy", reshape=None) -> Rule:
+    theirs = (theirs,) if isinstance(theirs, str) else tuple(theirs)
+    return Rule(ours, theirs, kind, None if reshape is None else tuple(int(n) for n in reshape))
 
 
-def linear(ours_prefix: str, theirs_prefix: str, *, bias: bool = True) -> list[Rule]:
-    """A dense layer: `<ours>.kernel` / `.bias` <- `<theirs>.weight` / `.bias`."""
-    out = [rule(f"{ours_prefix}.kernel", f"{theirs_prefix}.weight", "linear")]
-    return out + ([rule(f"{ours_prefix}.bias", f"{theirs_prefix}.bias")] if bias else [])
+def linear(ours_prefix: str, theirs_prefix: str, *, bias: bool = True, out_shape=None) -> list[Rule]:
+    """A dense layer: `<ours>.kernel` / `.bias` <- `<theirs>.weight` / `.bias`. out_shape: our output
+    axes when they are not flat (kernel [in, *out_shape], bias [*out_shape]), e.g. (3, H, D/H)."""
+    return _dense(f"{ours_prefix}.kernel", f"{ours_prefix}.bias", (f"{theirs_prefix}.weight",),
+                  (f"{theirs_prefix}.bias",) if bias else None, out_shape)  # fmt: skip
+
+
+def _dense(kernel, bias, weights, biases, out_shape) -> list[Rule]:
+    kind = "linear" if len(weights) == 1 else "cat_linear"
+    ks = None if out_shape is None else (-1, *out_shape)
+    out = [rule(kernel, weights, kind, ks)]
+    if biases:
+        out.append(rule(bias, biases, "copy" if len(biases) == 1 else "cat", out_shape))
+    return out
 
 
 def conv(ours_prefix: str, theirs_prefix: str) -> list[Rule]:
@@ -81,13 +97,24 @@ def norm(ours_prefix: str, theirs_prefix: str) -> list[Rule]:
     ]
 
 
-def fused_qkv(ours_prefix: str, theirs: tuple[str, str, str], *, bias: bool = True) -> list[Rule]:
-    """Separate q / k / v linears (`theirs` prefixes) -> our fused `qkv` linear."""
-    out = [rule(f"{ours_prefix}.kernel", tuple(f"{t}.weight" for t in theirs), "cat_linear")]
-    return out + ([rule(f"{ours_prefix}.bias", tuple(f"{t}.bias" for t in theirs), "cat")] if bias else [])
+def fused_qkv(
+    ours_prefix: str, theirs: tuple[str, str, str], *, bias: bool = True, out_shape=None
+) -> list[Rule]:
+    """Separate q / k / v linears (`theirs` prefixes) -> our fused `qkv` linear (out_shape: as `linear`)."""
+    return _dense(f"{ours_prefix}.kernel", f"{ours_prefix}.bias", tuple(f"{t}.weight" for t in theirs),
+                  tuple(f"{t}.bias" for t in theirs) if bias else None, out_shape)  # fmt: skip
 
 
 def _forward(r: Rule, arrays: list[np.ndarray]) -> np.ndarray:
+    a = _transform(r, arrays)
+    if r.reshape is None:
+        return a
+    if a.ndim and r.reshape[0] == -1 and int(np.prod(r.reshape[1:])) != a.shape[-1]:
+        raise ValueError("reshape does not fit")
+    return a.reshape(r.reshape if r.reshape[0] != -1 else (a.shape[0], *r.reshape[1:]))
+
+
+def _transform(r: Rule, arrays: list[np.ndarray]) -> np.ndarray:
     if r.kind == "linear":
         return arrays[0].T
     if r.kind == "conv":
@@ -104,6 +131,8 @@ def _forward(r: Rule, arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _inverse(r: Rule, a: np.ndarray) -> list[np.ndarray]:
+    if r.reshape is not None:
+        a = a.reshape(a.shape[0], -1) if r.kind in ("linear", "cat_linear") else a.reshape(-1)
     if r.kind == "linear":
         return [a.T]
     if r.kind == "conv":

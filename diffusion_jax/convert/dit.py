@@ -17,6 +17,10 @@ diffusers' network also differs slightly: timestep frequencies 1e4^(-k/(half-1))
 `norm_eps` before the MLP; the converted config sets `timestep_freq_shift=1` and `mlp_norm_eps` so
 our DiT computes what diffusers computes.
 
+Our qkv kernel is head-major, [D, 3, heads, D/heads] (`models.dit.HeadsQKV`, for tensor
+parallelism): the published [3D, D] weight (official) or the three [D, D] q / k / v weights
+(diffusers) are transposed, concatenated and reshaped; export reverses it bitwise.
+
 With learn_sigma (out_channels = 2 * in_channels) the last in_channels output channels are the
 variance interpolation of Nichol & Dhariwal 2021; deterministic samplers use the first half
 (`models.dit` keeps them; `convert.pretrained` drops them when building the denoiser).
@@ -40,6 +44,12 @@ EMB_KEYS = (
 )
 
 
+def _heads(cfg) -> tuple[int, int, int]:
+    """Our qkv output axes (3, heads, head_dim): the published [3D, D] weight's rows are (q|k|v, head,
+    channel) in that order, so the head-major layout of `models.dit.HeadsQKV` is a reshape."""
+    return (3, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
+
+
 def official_rules(cfg) -> list[C.Rule]:
     """Rules between our DiT state and the official `models.py` state dict."""
     r = C.conv("x_embed", "x_embedder.proj") + [C.rule("pos_embed", "pos_embed", "unbatch")]
@@ -48,7 +58,8 @@ def official_rules(cfg) -> list[C.Rule]:
         r.append(C.rule("y_embed.table.embedding", "y_embedder.embedding_table.weight"))
     for i in range(cfg.depth):
         b = f"blocks.{i}"
-        r += C.linear(f"{b}.attn.qkv", f"{b}.attn.qkv") + C.linear(f"{b}.attn.proj", f"{b}.attn.proj")
+        r += C.linear(f"{b}.attn.qkv", f"{b}.attn.qkv", out_shape=_heads(cfg))
+        r += C.linear(f"{b}.attn.proj", f"{b}.attn.proj")
         r += C.linear(f"{b}.fc1", f"{b}.mlp.fc1") + C.linear(f"{b}.fc2", f"{b}.mlp.fc2")
         r += C.linear(f"{b}.ada", f"{b}.adaLN_modulation.1")
     r += C.linear("ada_f", "final_layer.adaLN_modulation.1") + C.linear("out", "final_layer.linear")
@@ -66,7 +77,8 @@ def diffusers_rules(cfg) -> list[C.Rule]:
         r.append(C.rule("y_embed.table.embedding", f"{e}.class_embedder.embedding_table.weight"))
     for i in range(cfg.depth):
         b, t = f"blocks.{i}", f"transformer_blocks.{i}"
-        r += C.fused_qkv(f"{b}.attn.qkv", (f"{t}.attn1.to_q", f"{t}.attn1.to_k", f"{t}.attn1.to_v"))
+        qkv = (f"{t}.attn1.to_q", f"{t}.attn1.to_k", f"{t}.attn1.to_v")
+        r += C.fused_qkv(f"{b}.attn.qkv", qkv, out_shape=_heads(cfg))
         r += C.linear(f"{b}.attn.proj", f"{t}.attn1.to_out.0")
         r += C.linear(f"{b}.fc1", f"{t}.ff.net.0.proj") + C.linear(f"{b}.fc2", f"{t}.ff.net.2")
         r += C.linear(f"{b}.ada", f"{t}.norm1.linear")

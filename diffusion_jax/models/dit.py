@@ -18,6 +18,12 @@ Published-layout options (defaults = the official code): `timestep_freq_shift` 0
 (official 1e-6; diffusers' block uses its `norm_eps`, 1e-5 by default). Converted diffusers weights
 set both so the network computes what diffusers computes.
 
+Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): the qkv kernel is [D, 3, heads, D/heads] and
+the output projection's input rows are head-major (logical axis `heads`), the MLP hidden axis is
+`ffn`; sharding both over a 'model' mesh axis (`training.sharding.TENSOR_PARALLEL`) keeps whole heads
+and hidden units per device, so a block needs one all-reduce after the attention output projection
+and one after the MLP output projection. The converters map the published [3D, D] qkv into this layout.
+
 Extension: `context_dim > 0` inserts a cross-attention sub-block (zero-initialised output) after the
 self-attention of each block for sequence conditioning; it is absent in the published models.
 """
@@ -64,6 +70,44 @@ def modulate(x, shift, scale):
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class HeadsQKV(nnx.Module):
+    """The fused q / k / v projection with its output laid out by head: x [..., D] ->
+    [..., 3, H, D/H], kernel [D, 3, H, D/H] (logical names embed, -, heads, -), bias [3, H, D/H].
+
+    The same numbers as a [D, 3D] linear (official DiT's `attn.qkv`, reshaped; initialised as that
+    linear is: xavier-uniform on [D, 3D], zero bias), but splitting the `heads` axis over devices keeps
+    each head's q, k and v whole on one device: tensor-parallel attention (Shoeybi et al. 2019,
+    Megatron-LM, Sec. 3) needs no communication until the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        hd = dim // num_heads
+        w = nnx.initializers.xavier_uniform()(rngs.params(), (dim, 3 * dim))
+        rngs.params()  # the bias key nnx.Linear draws: the same initial weights as the [D, 3D] linear
+        self.kernel = nnx.Param(w.reshape(dim, 3, num_heads, hd), **L.meta("embed", None, "heads", None))
+        self.bias = nnx.Param(jnp.zeros((3, num_heads, hd)), **L.meta(None, "heads", None))
+
+    def __call__(self, x):
+        return jnp.einsum("...c,cthd->...thd", x, self.kernel[...]) + self.bias[...]
+
+
+class DiTAttention(nnx.Module):
+    """Multi-head self-attention over tokens [B, T, D] with the head-major qkv (`HeadsQKV`) and an
+    output projection whose input rows are head-major (logical names heads, embed)."""
+
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f"attention: dim={dim} not divisible by num_heads={num_heads}")
+        self.qkv = HeadsQKV(dim, num_heads, rngs=rngs)
+        self.proj = L.linear(dim, dim, rngs=rngs, names=("heads", "embed"))
+
+    def __call__(self, x):
+        b, t, c = x.shape
+        qkv = self.qkv(x)  # [B, T, 3, H, D/H]
+        out = L.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return self.proj(out.reshape(b, t, c))
+
+
 class DiTBlock(nnx.Module):
     """One adaLN-Zero DiT block: tokens [B, T, D], conditioning c [B, D] -> [B, T, D]."""
 
@@ -78,10 +122,10 @@ class DiTBlock(nnx.Module):
         rngs,
     ):
         self.norm1, self.norm2 = _ln(dim, rngs), _ln(dim, rngs, mlp_norm_eps)
-        self.attn = L.SelfAttention(dim, num_heads, rngs=rngs)
-        hidden = int(dim * mlp_ratio)
-        self.fc1 = L.linear(dim, hidden, rngs=rngs)
-        self.fc2 = L.linear(hidden, dim, rngs=rngs, names=("mlp", "embed"))
+        self.attn = DiTAttention(dim, num_heads, rngs=rngs)
+        hidden = int(dim * mlp_ratio)  # logical name 'ffn': the tensor-parallel MLP hidden axis
+        self.fc1 = L.linear(dim, hidden, rngs=rngs, names=("embed", "ffn"))
+        self.fc2 = L.linear(hidden, dim, rngs=rngs, names=("ffn", "embed"))
         self.ada = L.linear(dim, 6 * dim, rngs=rngs, zero=True)
         self.cross = L.CrossAttention(dim, context_dim, num_heads, rngs=rngs) if context_dim else None
 

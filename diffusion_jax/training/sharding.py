@@ -6,8 +6,8 @@ Strategies (`ShardingRules`):
   its largest dimension that divides evenly sharded over the FSDP mesh axes; XLA's SPMD partitioner
   inserts the all-gathers / reduce-scatters inside `jax.jit`;
 - logical rules (tensor parallel): parameters carry logical axis names (`models.layers.meta`);
-  `logical` maps a name (e.g. 'mlp', 'heads') to a mesh axis (e.g. 'model'). FSDP then uses
-  the remaining dims.
+  `logical` maps a name (e.g. 'ffn', 'heads') to a mesh axis (e.g. 'model'). FSDP then uses
+  the remaining dims. `TENSOR_PARALLEL` is the DiT's Megatron layout (`mesh.model > 1` in a config).
 
 `state_shardings` works on any pytree (nnx.State, a TrainState, optimizer state): leaves that are NNX
 Variables contribute their logical names, plain arrays are sharded by shape only. The result is a
@@ -115,10 +115,27 @@ def make_rules(mesh: Mesh, mode: str = "dp", *, fsdp_min_size: int = 2**18, logi
     return ShardingRules(batch_axes, fsdp_axes, int(fsdp_min_size), logical)
 
 
+TENSOR_PARALLEL = {"heads": "model", "ffn": "model"}
+"""Megatron-style tensor parallelism of the DiT (Shoeybi et al. 2019, Sec. 3) over a 'model' mesh axis:
+attention split by heads (the head-major qkv kernel [D, 3, heads, D/heads] and the output projection's
+rows) and the MLP by its hidden units (fc1's columns, fc2's rows). Each block then all-reduces once after
+the attention output projection and once after the MLP output projection (and the same two in the
+backward pass); everything else is replicated over 'model'."""
+TP_MODELS = ("dit",)
+
+
 def rules_from_config(cfg, mesh: Mesh, **kw) -> ShardingRules:
-    """Rules from an experiment config: FSDP when `mesh.fsdp > 1`, else data parallel."""
+    """Rules from an experiment config: FSDP when `mesh.fsdp > 1`, else data parallel; plus the
+    tensor-parallel rules `TENSOR_PARALLEL` when `mesh.model > 1` (DiT only: ValueError otherwise)."""
     m = cfg.mesh if hasattr(cfg, "mesh") else cfg
     mode = "fsdp" if int(m.get("fsdp", 1)) > 1 else "dp"
+    if int(m.get("model", 1)) > 1:
+        name = cfg.model.get("name") if hasattr(cfg, "model") else None
+        if name not in TP_MODELS:
+            raise ValueError(
+                f"mesh.model={m.model} (tensor parallel) needs model.name in {list(TP_MODELS)}, got {name!r}"
+            )
+        kw.setdefault("logical", TENSOR_PARALLEL)
     return make_rules(mesh, mode, **kw)
 
 
