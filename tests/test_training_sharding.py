@@ -111,7 +111,8 @@ def test_init_split_creates_sharded_params():
 
 
 def test_tensor_parallel_logical_rules_forward_equality():
-    """2-D mesh (data=4, model=2): 'heads'/'mlp' logical axes on 'model', FSDP on 'data'."""
+    """2-D mesh (data=4, model=2): the DiT's 'heads' / 'ffn' logical axes on 'model' (TENSOR_PARALLEL),
+    FSDP on 'data'; the head-major qkv kernel [D, 3, H, D/H] is split over heads."""
     cfg = dit.get_config("tiny/4")
     cfg.update(depth=1)
     graphdef, aparams, arest = abstract_split(cfg)
@@ -121,9 +122,9 @@ def test_tensor_parallel_logical_rules_forward_equality():
     t, label = jnp.array([1.0, 10.0, 100.0, 900.0]), jnp.array([0, 3, 10, 7])
     ref = net_fn(params, x, t, {"label": label})
     mesh = S.make_mesh((4, 2))
-    rules = S.make_rules(mesh, "fsdp", fsdp_min_size=1024, logical={"heads": "model", "mlp": "model"})
+    rules = S.make_rules(mesh, "fsdp", fsdp_min_size=1024, logical=S.TENSOR_PARALLEL)
     shardings = S.state_shardings(params, mesh, rules)
-    assert shardings["blocks"][0]["attn"]["qkv"]["kernel"].spec == P("data", "model")
+    assert shardings["blocks"][0]["attn"]["qkv"]["kernel"].spec == P("data", None, "model", None)
     assert shardings["blocks"][0]["fc1"]["kernel"].spec == P("data", "model")
     sx, st, sl = S.shard_batch((x, t, label), mesh, rules)
     out = net_fn(jax.device_put(params, shardings), sx, st, {"label": sl})
