@@ -88,7 +88,7 @@ def test_collectives_are_the_megatron_pattern(program):
     rt, compiled = program
     m = rt.cfg.model
     tokens = (m.image_size // m.patch_size) ** 2
-    act = ((BATCH // (N_DEV // TP), tokens, m.hidden_size),)
+    act = (BATCH // (N_DEV // TP), tokens, m.hidden_size)
     cs = [c for c in parse_collectives(compiled.as_text()) if c.group > 1]
     kinds = sorted({c.kind for c in cs})
     print("collectives:", {k: sum(c.kind == k for c in cs) for k in kinds})
@@ -96,7 +96,9 @@ def test_collectives_are_the_megatron_pattern(program):
     assert kinds == ["all-reduce"]
     over_model = [c for c in cs if c.group == TP]
     assert len(over_model) == 4 * m.depth  # per block: attention out + MLP out, forward and backward
-    assert all(tuple(s for _, s in c.shapes) == act for c in over_model), [c.shapes for c in over_model]
+    for c in over_model:  # one [b, T, D] activation each (XLA may fuse scalar reductions into it)
+        shapes = [sh for _, sh in c.shapes]
+        assert [sh for sh in shapes if sh] == [act], c.shapes
     # the rest: the gradients' all-reduce over 'data' (groups of 4), of this device's shards only
     ps = _params(rt, compiled)
     grad_bytes = sum(int(np.prod(s)) for _, _, s in ps) * 4
