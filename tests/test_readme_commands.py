@@ -184,8 +184,6 @@ def test_readme_pretrained_benchmark_quick_command_runs(tmp_path):
     p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"{cmd}\n{p.stderr[-3000:]}"
     rows = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-    assert [(r["sampler"], r["nfe_target"]) for r in rows] == [
-        ("ddim", 3), ("ddim", 5), ("dpmpp_2m", 3), ("dpmpp_2m", 5)
-    ]  # fmt: skip
+    assert [(r["sampler"], r["nfe_target"]) for r in rows] == [("ddim", 3), ("dpmpp_2m", 3)]
     assert all(np.isfinite(r["fid"]) and r["num_samples"] == 8 for r in rows)
     assert os.path.isfile(os.path.join(out, "results.md"))
