@@ -10,7 +10,7 @@ seeds 0..n-1, base seed `sampling.seed`) with
 
   * Euler, Heun (Karras et al. 2022, Alg. 1) and DPM-Solver++ 2M (Lu et al. 2022b, Alg. 2) at each
     step count in `--steps`, on the formulation's own grid; NFE = the sampler's NFE rule
-    (`Sampler.nfe(num_steps)`; Heun skips its correction on the last step: 2N - 1);
+    (`Sampler.nfe(num_steps)`; Heun 2N, or 2N - 1 on a last step to sigma = 0 of a model not defined there);
   * Dopri5 (Dormand & Prince 1980; adaptive, diffrax) at each tolerance in `--tols`; NFE measured
     (1 + 6 x attempted steps, the maximum over the batch; `samplers/adaptive.py`).
 
