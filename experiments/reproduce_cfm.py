@@ -240,8 +240,12 @@ def ordering(rows: list[dict], key: str = "w2_1000", weights: str = "raw") -> di
     """{task: (mean I-CFM W2, mean OT-CFM W2, I-CFM > OT-CFM)} over the seeds present for both."""
     out = {}
     for task in TASK_LABELS:
-        i = [r[weights][key] for r in rows if r["task"] == task and r["method"] == "i_cfm"]
-        o = [r[weights][key] for r in rows if r["task"] == task and r["method"] == "ot_cfm"]
+        by = {
+            m: {r["seed"]: r[weights][key] for r in rows if r["task"] == task and r["method"] == m}
+            for m in ("i_cfm", "ot_cfm")
+        }
+        common = sorted(set(by["i_cfm"]) & set(by["ot_cfm"]))
+        i, o = [by["i_cfm"][s] for s in common], [by["ot_cfm"][s] for s in common]
         if i and o:
             out[task] = (float(np.mean(i)), float(np.mean(o)), bool(np.mean(i) > np.mean(o)))
     return out
