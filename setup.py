@@ -45,6 +45,8 @@ EXTRAS = {
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "ruff==0.17.6",
+        # free ports for the multi-process (jax.distributed, gloo) tests
+        "portpicker==1.6.0",
     ],
     # Reference implementations for parity tests (random weights, CPU). Never imported by the
     # package; `make test` installs them. torch 2.14.1 / torchvision 0.29.1 are the releases this
@@ -56,6 +58,8 @@ EXTRAS = {
         "transformers==5.23.0",
         "pytorch-fid==0.3.0",
         "safetensors==0.8.0",
+        # the CFM paper runner's moons (make_moons' evenly spaced arcs) for reproduction 3a's data check
+        "scikit-learn==1.9.1",
     ],
     # Baselines that only the benchmarks run (benchmarks/ot_cfm_run.py): torchcfm's own OT-CFM loop.
     "bench": [
