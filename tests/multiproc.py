@@ -9,6 +9,17 @@ import subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cluster_flags(port: int, process_id: int, num_processes: int = 2, cpu_devices: int = 2) -> list[str]:
+    """The multi-process flags of our CLIs for one local process of a gloo CPU cluster on 127.0.0.1."""
+    return [
+        f"--coordinator_address=127.0.0.1:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={process_id}",
+        f"--num_cpu_devices={cpu_devices}",
+        "--cpu_collectives=gloo",
+    ]
+
+
 def run_processes(argvs: list[list[str]], env: dict, timeout: float = 300) -> list[tuple[str, str]]:
     """Start every argv at once (cwd = the repository), wait for all, kill stragglers.
 

@@ -178,7 +178,7 @@ def test_two_processes_draw_the_same_pairs(run, pairs_file, tmp_path):
     block of chunks (32 + 8 seeds), process 0 gathers and writes; the file equals the 1-process one."""
     import portpicker
 
-    from tests.multiproc import run_processes
+    from tests.multiproc import cluster_flags, run_processes
 
     out = str(tmp_path / "two.npz")
     port = portpicker.pick_unused_port()
@@ -191,11 +191,7 @@ def test_two_processes_draw_the_same_pairs(run, pairs_file, tmp_path):
                 *argv,
                 "--config.num_devices=-1",
                 "--config.progress=false",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={pid}",
-                "--num_cpu_devices=2",
-                "--cpu_collectives=gloo",
+                *cluster_flags(port, pid),
             ]
             for pid in range(2)
         ],

@@ -11,7 +11,7 @@ import portpicker
 
 from diffusion_jax import sample as cli
 from diffusion_jax.samplers import seeds as sd
-from tests.multiproc import run_processes
+from tests.multiproc import cluster_flags, run_processes
 
 SEEDS, CHUNK = "0-20", 4  # 6 chunks: process 0 draws chunks 0-2 (seeds 0-11), process 1 chunks 3-5
 
@@ -110,11 +110,7 @@ def test_two_process_evaluate_gives_the_same_samples_and_metric(tmp_path):
                 "--config.eval.num_samples=30",
                 "--config.eval.save_samples=true",
                 "--progress=false",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={pid}",
-                "--num_cpu_devices=2",
-                "--cpu_collectives=gloo",
+                *cluster_flags(port, pid),
             ]
             for pid in range(2)
         ],

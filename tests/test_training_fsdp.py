@@ -33,18 +33,22 @@ def _config(kind: str, mode: str):
     return cfg
 
 
-def _compile(kind: str, mode: str):
-    cfg = _config(kind, mode)
+def compile_train_step(cfg):
+    """(runtime, compiled train step) of `cfg` for a class-labelled image batch, from abstract inputs
+    carrying the runtime's state shardings (nothing is materialised)."""
     rt = build_runtime(cfg)
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), rt.host_state, rt.state_sharding
     )
     batch = {
-        "x": jax.ShapeDtypeStruct((BATCH, *data_shape(cfg)), jnp.float32),
-        "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32),
+        "x": jax.ShapeDtypeStruct((cfg.data.batch_size, *data_shape(cfg)), jnp.float32),
+        "label": jax.ShapeDtypeStruct((cfg.data.batch_size,), jnp.int32),
     }
-    compiled = rt.step_fn.lower(state, batch).compile()
-    return rt, compiled
+    return rt, rt.step_fn.lower(state, batch).compile()
+
+
+def _compile(kind: str, mode: str):
+    return compile_train_step(_config(kind, mode))
 
 
 @pytest.fixture(scope="module", params=["unet", "dit"])

@@ -9,7 +9,6 @@ is gathered, scattered or permuted inside the attention or the MLP.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +16,7 @@ from configs.imagenet64 import dit as dit_cfg
 from diffusion_jax.training import sharding
 from diffusion_jax.training.build import data_shape
 from diffusion_jax.training.collectives import parse_collectives
-from diffusion_jax.training.loop import build_runtime
+from tests.test_training_fsdp import compile_train_step
 
 N_DEV, TP, BATCH = 8, 2, 16
 SPLIT = ("attn.qkv.kernel", "attn.qkv.bias", "attn.proj.kernel", "fc1.kernel", "fc1.bias", "fc2.kernel")
@@ -34,16 +33,7 @@ def _config():
 
 @pytest.fixture(scope="module")
 def program():
-    cfg = _config()
-    rt = build_runtime(cfg)
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), rt.host_state, rt.state_sharding
-    )
-    batch = {
-        "x": jax.ShapeDtypeStruct((BATCH, *data_shape(cfg)), jnp.float32),
-        "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32),
-    }
-    return rt, rt.step_fn.lower(state, batch).compile()
+    return compile_train_step(_config())
 
 
 def _params(rt, compiled):
