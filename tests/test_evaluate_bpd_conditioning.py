@@ -26,7 +26,9 @@ def test_conditional_run_without_cfg_dropout_refuses_bpd_before_loading(make, tm
     cfg.eval.metrics = BPD
     ev.check_bpd_conditioning(cfg)  # trained with label dropout: the unconditional model exists
     cfg.objective.label_dropout = 0.0
-    with pytest.raises(ValueError, match=r"eval.metrics has \[.bpd., .bpd_elbo.\].*objective.label_dropout=0"):
+    with pytest.raises(
+        ValueError, match=r"eval.metrics has \[.bpd., .bpd_elbo.\].*objective.label_dropout=0"
+    ):
         # an empty workdir: the check fires before any checkpoint is read
         ev.evaluate(cfg, str(tmp_path / "no_run"))
     cfg.eval.metrics = ()
