@@ -229,7 +229,10 @@ def test_evaluate_pretrained_missing_eval_files_fail_before_sampling(tiny, tmp_p
     assert "python -m diffusion_jax.metrics.inception_weights" in msg
     cfg.eval.inception_weights = __file__  # exists; the statistics do not
     cfg.eval.reference_stats = str(tmp_path / "no_stats.npz")
-    with pytest.raises(FileNotFoundError, match=r"eval.reference_stats=.*no_stats.npz.*save_statistics") as e:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"eval.reference_stats=.*no_stats.npz.*python -m diffusion_jax.reference_statistics",
+    ) as e:
         evaluate.evaluate_pretrained(cfg, str(tmp_path / "ev"))
     assert "\n" not in str(e.value)
     cfg.eval.reference_stats = ""
