@@ -37,22 +37,6 @@ def define_flags() -> None:
     define_distributed_flags()
 
 
-def _gather(samples, n_local: int):
-    """Every process's samples, in process (= seed) order (multi-host); identity on one process."""
-    import jax
-    import numpy as np
-
-    if jax.process_count() == 1:
-        return samples
-    from jax.experimental import multihost_utils
-
-    counts = multihost_utils.process_allgather(np.asarray([n_local]))
-    width = int(np.max(counts))
-    pad = np.zeros((width - n_local, *samples.shape[1:]), samples.dtype)
-    every = multihost_utils.process_allgather(np.concatenate([samples, pad]))
-    return np.concatenate([every[p, : int(c)] for p, c in enumerate(np.ravel(counts))])
-
-
 def _real_images(cfg):
     """(number of records, read(indices) -> uint8 [b, H, W, C]) of the eval reference split
     (`eval.reference_split`, default test) of a TFDS image dataset, resized as training resizes; else None."""
@@ -92,7 +76,7 @@ def evaluate(
 
     from diffusion_jax.metrics import image_eval
     from diffusion_jax.samplers import seeds as sd
-    from diffusion_jax.training import checkpoints, periodic, sampling
+    from diffusion_jax.training import checkpoints, distributed, periodic, sampling
 
     cfg = cfg if cfg is not None else checkpoints.load_config(workdir)
     image_eval.validate(cfg.eval)  # weight files exist before anything is compiled
@@ -122,7 +106,7 @@ def evaluate(
                 d = os.path.join(out_dir, f"{s:08d}_samples")
                 writer.submit(sd.save_samples, d, c.seeds, c.samples, meta=plan.meta, conds=conds)
     local = np.concatenate(parts) if parts else np.zeros((0, *plan.shape), np.float32)
-    samples = _gather(local, len(local))
+    samples = distributed.gather_rows(local)  # every process's samples, in seed order
     metrics = periodic.evaluate_samples(cfg, samples)
     if samples.ndim == 4:
         real = _real_images(cfg) if any(m in image_eval.IMAGE_METRICS for m in cfg.eval.metrics) else None
@@ -199,7 +183,7 @@ def evaluate_pretrained(cfg, workdir: str, *, progress: bool = False) -> dict:
 
     from diffusion_jax.convert import pretrained
     from diffusion_jax.metrics import image_eval
-    from diffusion_jax.training import periodic
+    from diffusion_jax.training import distributed, periodic
 
     real = _pretrained_eval_inputs(cfg)  # eval files and names checked before compiling
     plan = pretrained.make_plan(cfg)  # validated (files, names, labels) before compiling
@@ -212,7 +196,7 @@ def evaluate_pretrained(cfg, workdir: str, *, progress: bool = False) -> dict:
         chunks = tqdm(chunks, desc="evaluate", unit="chunk")
     parts = [np.asarray(plan.decode(c.samples)) if plan.decode is not None else c.samples for c in chunks]
     local = np.concatenate(parts) if parts else np.zeros((0,), np.float32)
-    images = _gather(local, len(local))
+    images = distributed.gather_rows(local)
     finite = np.all(np.isfinite(images), axis=tuple(range(1, images.ndim)))
     meta = plan.meta
     out = {"weights": meta["weights"], "num_samples": n, "sampler": meta["sampler"], "grid": meta["grid"],

@@ -136,34 +136,13 @@ def draw_pairs(plan, seeds, *, devices=None, process_index=0, process_count=1, p
     return np.asarray(out_s, np.int64), np.concatenate(out0), np.concatenate(out1)
 
 
-def _gather(seeds, x0, x1, block_rows: int):
-    """All processes' pairs in process (= seed) order: each pads to `block_rows`, allgather, trim."""
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    n = len(seeds)
-    pad = block_rows - n
-    valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
-
-    def padded(a):
-        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-
-    g = multihost_utils.process_allgather(
-        {"s": padded(seeds), "x0": padded(x0), "x1": padded(x1), "v": valid}, tiled=True
-    )
-    keep = np.asarray(g["v"])
-    return np.asarray(g["s"])[keep], np.asarray(g["x0"])[keep], np.asarray(g["x1"])[keep]
-
-
 def run_reflow(cfg, workdir: str, out: str, num: int, first_seed: int = 0) -> dict:
     """Validate, draw `num` pairs through the engine, write `out` (process 0); returns a summary."""
-    import math
-
     import jax
 
     from diffusion_jax import sample
     from diffusion_jax.data.pairs import write_pairs
-    from diffusion_jax.samplers import seeds as sd
+    from diffusion_jax.training import distributed
 
     cfg.seeds = check_request(workdir, out, num, first_seed)
     if cfg.denoiser.source not in ("", "checkpoint"):
@@ -182,9 +161,7 @@ def run_reflow(cfg, workdir: str, out: str, num: int, first_seed: int = 0) -> di
         process_count=pc,
         progress=cfg.progress and pi == 0,
     )
-    if pc > 1:
-        per = len(sd.chunk_block(math.ceil(len(seed_list) / plan.chunk_size), 0, pc))
-        s, x0, x1 = _gather(s, x0, x1, per * plan.chunk_size)
+    s, x0, x1 = distributed.gather_rows((s, x0, x1))  # every process's block, in seed order
     meta = {**plan.meta, "workdir": os.path.abspath(workdir), "first_seed": first_seed, "num": num}
     if pi == 0:
         write_pairs(out, x0, x1, s, meta)

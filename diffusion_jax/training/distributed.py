@@ -105,10 +105,31 @@ def global_from_host(tree, shardings):
     return jax.tree.map(put, tree, shardings)
 
 
+def gather_rows(tree):
+    """Every process's rows of a pytree of host arrays [n_local, ...] (one n_local per process, which
+    may differ between processes), concatenated in process order on every process; the identity on
+    one process. Rows are padded to the largest n_local for the allgather and trimmed after."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    n_local = len(jax.tree.leaves(tree)[0])
+    counts = np.ravel(multihost_utils.process_allgather(np.asarray([n_local])))
+    width = int(np.max(counts))
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((width - len(a), *a.shape[1:]), a.dtype)])
+
+    every = multihost_utils.process_allgather(jax.tree.map(pad, tree))
+    return jax.tree.map(lambda e: np.concatenate([e[p, : int(c)] for p, c in enumerate(counts)]), every)
+
+
 __all__ = [
     "ENV_COORDINATOR",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "gather_rows",
     "global_batch",
     "global_from_host",
     "initialize",
