@@ -11,7 +11,9 @@ weights are scored (the paper has no EMA) and an EMA (decay 0.999) beside them.
 
 Every objective, coupling and interpolant is the library's (configs/toy2d/cfm.py with its fields
 switched: `objective.coupling`, `path_sigma`, `path_noise`); this script only feeds the fixed data
-sets in (exact OT pairs made on the host, `couplings.pair_batch_exact_ot`) and scans the steps.
+sets in and scans the steps. OT-CFM's exact pairs are made on the host in `training.prefetch`
+background threads (`couplings.exact_ot_pairing`, overlapping the device's scan); SB-CFM's plan is
+solved in-graph by the library's ott-jax Sinkhorn (measured cheaper in CPU than POT's on the host).
 
 Metrics, mean +- std over seeds:
   * W2 (exact OT, POT) between n generated points and n target points: n = 1000 against the
@@ -23,8 +25,15 @@ Metrics, mean +- std over seeds:
     integrated by the trapezoid rule on 101 equally spaced times of the dopri5 dense solution.
   * dopri5 NFE (rtol = atol = 1e-5, the runner's FlowSolver tolerances; one step-size sequence for
     the batch of 1000, as torchdyn solves it), counted as 1 + 6 x attempted steps.
+  Raw and EMA weights are both scored, at n = 1000 and at n = 10,000.
 
-    python -m experiments.reproduce_cfm --out=experiments/results/cfm     # full protocol (45 runs)
+Resumable: every finished (task, method, seed) cell is saved as its own JSON under
+<out>/cells/ (and every sampling floor under <out>/floors/) and skipped when the command is re-run;
+the report (cfm_table.md, cfm.csv, meta.json) is built from whatever cells exist and states
+"cells done k/45", the remaining CPU at the measured per-cell cost and the command that completes
+the rest. Cells run in the order of --methods, then seeds, then tasks.
+
+    python -m experiments.reproduce_cfm --out=experiments/results/cfm     # full protocol (45 cells)
     python -m experiments.reproduce_cfm --quick --out=/tmp/cfm            # seconds: tiny budget
 """
 
@@ -76,38 +85,71 @@ def run_config(method: str, steps: int, batch: int = 512):
     return cfg
 
 
-def _batches(data: dict, steps: int, batch: int, rng: np.random.Generator, ot: bool):
-    """Host batches {'x' [steps, B, 2] target, 'noise' [steps, B, 2] source}: epochs of shuffled
-    fixed training rows (drop_last, as the runner's loader), a fresh N(0, I) source where the task's
-    source is Gaussian, exact-OT pairs on the host for OT-CFM."""
-    from diffusion_jax.couplings import pair_batch_exact_ot
+class _HostChunks:
+    """Raw host chunks {'x' [chunk, B, 2] target, 'noise' [chunk, B, 2] source} in step order:
+    epochs of shuffled fixed training rows (drop_last, as the runner's loader) and a fresh N(0, I)
+    source where the task's source is Gaussian. One numpy stream seeded by the run seed, read by one
+    thread (`training.prefetch`'s reader), so the chunks do not depend on the pairing threads."""
 
-    def stream(x):
-        per = len(x) // batch
+    def __init__(self, data: dict, chunk: int, batch: int, rng: np.random.Generator):
+        self._chunk, self._batch, self._rng, self._read = chunk, batch, rng, 0
+        self._tgt = self._stream(data["train_tgt"])
+        self._src = self._stream(data["train_src"]) if "train_src" in data else None
+
+    def _stream(self, x):
+        per = len(x) // self._batch
         while True:
-            p = rng.permutation(len(x))
+            p = self._rng.permutation(len(x))
             for i in range(per):
-                yield x[p[i * batch : (i + 1) * batch]]
+                yield x[p[i * self._batch : (i + 1) * self._batch]]
 
-    tgt = stream(data["train_tgt"])
-    src = stream(data["train_src"]) if "train_src" in data else None
-    while True:
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
         xs, ns = [], []
-        for _ in range(steps):
-            x = next(tgt)
-            n = next(src) if src is not None else rng.standard_normal(x.shape).astype(np.float32)
-            b = pair_batch_exact_ot({"x": x, "noise": n}, rng) if ot else {"noise": n}
+        for _ in range(self._chunk):
+            x = next(self._tgt)
             xs.append(x)
-            ns.append(b["noise"])
-        yield np.stack(xs), np.stack(ns)
+            ns.append(next(self._src) if self._src is not None else self._rng.standard_normal(x.shape))
+        self._read += 1
+        return {"x": np.stack(xs).astype(np.float32), "noise": np.stack(ns).astype(np.float32)}
+
+    def get_state(self) -> int:
+        return self._read
 
 
-def train(method: str, task: str, seed: int, steps: int, batch: int = 512, chunk: int = 250, data=None):
-    """Train one run; returns (denoiser, raw params, ema params, seconds, data)."""
+def pair_chunk_exact_ot(chunk: dict, step: int = 0) -> dict:
+    """OT-CFM's pairing of a host chunk: each batch's source rows reordered by the exact minibatch
+    OT assignment (`couplings.exact_ot_pairing`, POT's network simplex at B = 512). A pure function
+    of the chunk (deterministic), run in `training.prefetch` threads while the device trains."""
+    from diffusion_jax.couplings import exact_ot_pairing
+
+    ns = [n[exact_ot_pairing(x, n)] for x, n in zip(chunk["x"], chunk["noise"], strict=True)]
+    return {"x": chunk["x"], "noise": np.stack(ns)}
+
+
+def train(
+    method: str,
+    task: str,
+    seed: int,
+    steps: int,
+    batch: int = 512,
+    chunk: int = 250,
+    data=None,
+    prefetch: int = 2,
+):
+    """Train one run; returns (denoiser, raw params, ema params, timing dict, data).
+
+    The steps run as jitted `lax.scan`s over host chunks of `chunk` steps. OT-CFM's exact pairing
+    is done ahead in `prefetch` background threads (`training.prefetch.host_batches`; POT releases
+    the GIL), so it overlaps the device's scan of the previous chunk; SB-CFM's entropic plan is
+    solved in-graph (ott-jax Sinkhorn, the library's 'schrodinger' coupling)."""
     import optax
 
     from diffusion_jax import objectives
     from diffusion_jax.models.functional import init_split, make_net_fn
+    from diffusion_jax.training.prefetch import host_batches
     from diffusion_jax.training.state import make_optimizer
 
     cfg = run_config(method, steps, batch)
@@ -130,17 +172,20 @@ def train(method: str, task: str, seed: int, steps: int, batch: int = 512, chunk
 
     run_chunk = jax.jit(lambda c, xs, ns: jax.lax.scan(one, c, (xs, ns))[0])
     carry = (params, jax.tree.map(jnp.copy, params), tx.init(params), jax.random.key(seed))
-    rng = np.random.default_rng(seed)
-    t0 = time.time()
+    chunk = min(int(chunk), int(steps))
+    it = _HostChunks(data, chunk, batch, np.random.default_rng(seed))
+    ot = method == "ot_cfm"
+    t0, c0 = time.time(), time.process_time()
     done = 0
-    gen = _batches(data, chunk, batch, rng, method == "ot_cfm")
-    while done < steps:
-        xs, ns = next(gen)
-        k = min(chunk, steps - done)
-        carry = run_chunk(carry, jnp.asarray(xs[:k]), jnp.asarray(ns[:k]))
-        done += k
-    jax.block_until_ready(carry)
-    return den, carry[0], carry[1], time.time() - t0, data
+    with host_batches(it, pair_chunk_exact_ot if ot else (lambda b, s: b), 0, prefetch if ot else 0) as src:
+        while done < steps:
+            b = next(src)
+            k = min(chunk, steps - done)
+            carry = run_chunk(carry, jnp.asarray(b["x"][:k]), jnp.asarray(b["noise"][:k]))
+            done += k
+        jax.block_until_ready(carry)
+    timing = {"train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0}
+    return den, carry[0], carry[1], timing, data
 
 
 def solve(den, params, z0: np.ndarray, rtol: float = 1e-5, num_times: int = 101):
@@ -194,20 +239,77 @@ def _ms(vals) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
 
 
-def markdown(rows: list[dict], n_big: int, meta: dict) -> str:
+# --- cells: one small JSON per finished (task, method, seed), so a run resumes where it stopped ---
+
+
+def cell_path(out: str, task: str, method: str, seed: int, steps: int, batch: int) -> str:
+    """The cell file of one run: <out>/cells/<task>__<method>__seed<seed>__steps<steps>_batch<batch>.json"""
+    return os.path.join(out, "cells", f"{task}__{method}__seed{seed}__steps{steps}_batch{batch}.json")
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomic write (temp file + rename): a killed run never leaves a half-written cell."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_cells(out: str, steps: int, batch: int) -> list[dict]:
+    """Every finished cell of the (steps, batch) protocol under <out>/cells, sorted."""
+    d = os.path.join(out, "cells")
+    if not os.path.isdir(d):
+        return []
+    rows = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith(f"__steps{steps}_batch{batch}.json"):
+            with open(os.path.join(d, name)) as f:
+                rows.append(json.load(f))
+    return rows
+
+
+def floor_cached(out: str, task: str, n: int, seed: int) -> float:
+    """`sampling_floor`, cached in <out>/floors/ (one exact OT solve per task, n and seed)."""
+    path = os.path.join(out, "floors", f"{task}__seed{seed}__n{n}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return float(json.load(f)["w2"])
+    t0 = time.process_time()
+    w = sampling_floor(task, n, seed)
+    _write_json(path, {"task": task, "n": n, "seed": seed, "w2": w, "cpu_seconds": time.process_time() - t0})
+    return w
+
+
+def run_cell(task: str, method: str, seed: int, steps: int, batch: int, n_big: int, out: str) -> dict:
+    """Train and evaluate one cell (raw and EMA weights, both at n = 1000 and n = n_big); the row."""
+    data = D.task_data(task, seed)
+    load0 = os.getloadavg()[0]
+    den, raw, ema, timing, _ = train(method, task, seed, steps, batch, data=data)
+    row = dict(task=task, method=method, seed=seed, steps=steps, batch=batch, n_big=n_big, **timing)
+    row["floor_1000"] = floor_cached(out, task, 1000, seed)
+    if n_big:
+        row[f"floor_{n_big}"] = floor_cached(out, task, n_big, seed)
+    c0 = time.process_time()
+    row["raw"] = evaluate(den, raw, data, task, seed, n_big)
+    row["ema"] = evaluate(den, ema, data, task, seed, n_big)
+    row["eval_cpu_seconds"] = time.process_time() - c0
+    row["loadavg_1min"] = [load0, os.getloadavg()[0]]
+    return row
+
+
+def markdown(rows: list[dict], n_big: int) -> str:
     """The results table: one row per (task, method), ours (raw and EMA) beside the published W2."""
-    head = [
-        "task",
-        "method",
-        "published W2 (n=1000)",
-        "W2 n=1000 raw",
-        "W2 n=1000 EMA",
-        "floor n=1000",
-        f"W2 n={n_big} raw",
-        f"floor n={n_big}",
+    nb = f"n={n_big}"
+    head = ["task", "method", "published W2 (n=1000)", "W2 n=1000 raw", "W2 n=1000 EMA", "floor n=1000"]
+    head += [
+        f"W2 {nb} raw",
+        f"W2 {nb} EMA",
+        f"floor {nb}",
         "NPE raw",
         "NPE EMA",
-        "dopri5 NFE raw",
+        "NFE raw",
+        "NFE EMA",
         "seeds",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -218,26 +320,35 @@ def markdown(rows: list[dict], n_big: int, meta: dict) -> str:
                 continue
             pub = PUBLISHED.get((task, m))
             g = lambda k, w: [r[w].get(k) for r in rs]  # noqa: E731
-            cells = [
-                TASK_LABELS[task],
-                m,
-                pub["w2"] if pub else "not found",
-                _ms(g("w2_1000", "raw")),
-                _ms(g("w2_1000", "ema")),
-                _ms([r["floor_1000"] for r in rs]),
-                _ms(g(f"w2_{n_big}", "raw")),
-                _ms([r.get(f"floor_{n_big}") for r in rs]),
-                _ms(g("npe", "raw")),
-                _ms(g("npe", "ema")),
-                _ms(g("nfe", "raw")),
-                ",".join(str(r["seed"]) for r in rs),
-            ]
+            cells = [TASK_LABELS[task], m, pub["w2"] if pub else "not found"]
+            cells += [_ms(g("w2_1000", "raw")), _ms(g("w2_1000", "ema")), _ms([r["floor_1000"] for r in rs])]
+            cells += [_ms(g(f"w2_{n_big}", "raw")), _ms(g(f"w2_{n_big}", "ema"))]
+            cells += [_ms([r.get(f"floor_{n_big}") for r in rs])]
+            cells += [_ms(g("npe", "raw")), _ms(g("npe", "ema")), _ms(g("nfe", "raw")), _ms(g("nfe", "ema"))]
+            cells.append(",".join(str(r["seed"]) for r in rs))
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+CSV_KEYS = ("w2_1000", "w2_{n}", "npe", "nfe")
+
+
+def csv_text(rows: list[dict], n_big: int) -> str:
+    """One line per cell: task, method, seed, floors, raw and EMA metrics, train CPU seconds."""
+    keys = [k.format(n=n_big) for k in CSV_KEYS]
+    head = ["task", "method", "seed", "steps", "floor_1000", f"floor_{n_big}"]
+    head += [f"{w}_{k}" for w in ("raw", "ema") for k in keys] + ["train_cpu_seconds", "train_seconds"]
+    out = [",".join(head)]
+    for r in rows:
+        vals = [r["task"], r["method"], r["seed"], r["steps"], r["floor_1000"], r.get(f"floor_{n_big}", "")]
+        vals += [r[w].get(k, "") for w in ("raw", "ema") for k in keys]
+        vals += [round(r.get("train_cpu_seconds", float("nan")), 1), round(r["train_seconds"], 1)]
+        out.append(",".join(str(v) for v in vals))
+    return "\n".join(out) + "\n"
+
+
 def ordering(rows: list[dict], key: str = "w2_1000", weights: str = "raw") -> dict:
-    """{task: (mean I-CFM W2, mean OT-CFM W2, I-CFM > OT-CFM)} over the seeds present for both."""
+    """{task: (mean I-CFM W2, mean OT-CFM W2, I-CFM > OT-CFM, seeds)} over the seeds run for both."""
     out = {}
     for task in TASK_LABELS:
         by = {
@@ -247,7 +358,7 @@ def ordering(rows: list[dict], key: str = "w2_1000", weights: str = "raw") -> di
         common = sorted(set(by["i_cfm"]) & set(by["ot_cfm"]))
         i, o = [by["i_cfm"][s] for s in common], [by["ot_cfm"][s] for s in common]
         if i and o:
-            out[task] = (float(np.mean(i)), float(np.mean(o)), bool(np.mean(i) > np.mean(o)))
+            out[task] = (float(np.mean(i)), float(np.mean(o)), bool(np.mean(i) > np.mean(o)), common)
     return out
 
 
@@ -259,9 +370,9 @@ def _parse_list(s: str, valid, name: str) -> list[str]:
     return items
 
 
-def main(argv=None) -> dict:
+def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output folder (cfm.md, runs.jsonl, meta.json)")
+    p.add_argument("--out", required=True, help="output folder (cells/, floors/, cfm.md, cfm.csv, meta.json)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--tasks", default=",".join(TASK_LABELS))
     p.add_argument("--seeds", default="42,43,44,45,46")
@@ -269,7 +380,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--n_big", type=int, default=10_000, help="the larger evaluation n (0: skip)")
     p.add_argument("--quick", action="store_true", help="tiny budget: 60 steps, batch 64, n_big 0")
-    p.add_argument("--report_only", action="store_true", help="rewrite cfm.md from --out's runs.jsonl")
+    p.add_argument("--report_only", action="store_true", help="rewrite the report from --out's cells")
     a = p.parse_args(argv)
     methods = _parse_list(a.methods, METHODS, "methods")
     tasks = _parse_list(a.tasks, TASK_LABELS, "tasks")
@@ -280,47 +391,69 @@ def main(argv=None) -> dict:
     if a.steps < 1 or a.batch < 2 or a.n_big < 0 or not seeds:
         raise SystemExit("--steps >= 1, --batch >= 2, --n_big >= 0 and at least one seed are required")
     steps, batch, n_big = (60, 64, 0) if a.quick else (a.steps, a.batch, a.n_big)
+    return a, dict(steps=steps, batch=batch, seeds=seeds, methods=methods, tasks=tasks, n_big=n_big)
+
+
+def main(argv=None) -> dict:
+    """Run every missing cell of the requested grid (priority: the order of --methods, then seeds,
+    then tasks), each saved as it finishes; then write the report from all cells present."""
+    a, meta = _args(argv)
     os.makedirs(a.out, exist_ok=True)
-    rows, log = [], os.path.join(a.out, "runs.jsonl")
-    meta = dict(
-        steps=steps, batch=batch, seeds=seeds, methods=methods, tasks=tasks, n_big=n_big, quick=a.quick
-    )
-    if a.report_only:
-        with open(log) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return report(rows, a.out, meta)
-    open(log, "w").close()
-    for seed in seeds:
-        for task in tasks:
-            data = D.task_data(task, seed)
-            floors = {"floor_1000": sampling_floor(task, 1000, seed)}
-            if n_big:
-                floors[f"floor_{n_big}"] = sampling_floor(task, n_big, seed)
-            for m in methods:
-                den, raw, ema, secs, _ = train(m, task, seed, steps, batch, data=data)
-                row = dict(task=task, method=m, seed=seed, steps=steps, batch=batch, train_seconds=secs)
-                row.update(floors)
-                row["raw"] = evaluate(den, raw, data, task, seed, n_big)
-                row["ema"] = evaluate(den, ema, data, task, seed, 0)  # n_big: raw weights only (cost)
-                rows.append(row)
-                with open(log, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
-    return report(rows, a.out, meta)
+    steps, batch, n_big = meta["steps"], meta["batch"], meta["n_big"]
+    if not a.report_only:
+        for m in meta["methods"]:
+            for seed in meta["seeds"]:
+                for task in meta["tasks"]:
+                    path = cell_path(a.out, task, m, seed, steps, batch)
+                    if os.path.exists(path):
+                        print(f"skip {os.path.basename(path)} (done)", flush=True)
+                        continue
+                    row = run_cell(task, m, seed, steps, batch, n_big, a.out)
+                    _write_json(path, row)
+                    print(json.dumps(row), flush=True)
+    return report(a.out, meta, quick=a.quick)
 
 
-def report(rows: list[dict], out: str, meta: dict) -> dict:
-    """Write cfm.md and meta.json from the run rows; return rows, ordering and the table."""
+def _full_grid() -> list[tuple]:
+    return [(t, m, s) for m in METHODS for s in (42, 43, 44, 45, 46) for t in TASK_LABELS]
+
+
+def report(out: str, meta: dict, quick: bool = False) -> dict:
+    """Write cfm_table.md, cfm.csv and meta.json from the cells of (steps, batch) under `out`."""
+    steps, batch = meta["steps"], meta["batch"]
     n_big = meta["n_big"] or 10_000
-    text = markdown(rows, n_big, meta)
-    a = argparse.Namespace(out=out)
-    with open(os.path.join(a.out, "cfm.md"), "w") as f:
-        f.write(f"Tong et al. 2024 Table 2 reproduction; meta: `{json.dumps(meta)}`.\n\n{text}\n")
-        f.write("Datasets:\n" + D.definitions_markdown() + "\n")
-    with open(os.path.join(a.out, "meta.json"), "w") as f:
-        json.dump({**meta, "ordering_w2_1000_raw": ordering(rows)}, f, indent=1)
-    print(text)
-    return {"rows": rows, "ordering": ordering(rows), "markdown": text}
+    rows = load_cells(out, steps, batch)
+    grid = _full_grid()
+    have = {(r["task"], r["method"], r["seed"]) for r in rows}
+    done = sum(c in have for c in grid)
+    cpu = {
+        m: [r["train_cpu_seconds"] + r.get("eval_cpu_seconds", 0) for r in rows if r["method"] == m]
+        for m in METHODS
+    }
+    todo = {m: sum(1 for c in grid if c[1] == m and c not in have) for m in METHODS}
+    left = sum(todo[m] * float(np.mean(cpu[m])) for m in METHODS if cpu[m])
+    unknown = [m for m in METHODS if todo[m] and not cpu[m]]
+    cmd = f"nice -n 10 python -m experiments.reproduce_cfm --out={out}"
+    if steps != 20_000 or batch != 512:
+        cmd += f" --steps={steps} --batch={batch}"
+    status = (
+        f"Cells done: {done}/{len(grid)} (3 tasks x 3 methods x seeds 42-46 at {steps} steps, batch {batch}). "
+        f"Remaining CPU at the measured per-cell cost (training + evaluation): {left / 3600:.1f} h"
+        + (f" plus the unmeasured methods {unknown}" if unknown else "")
+        + f". The command that completes the rest (finished cells are skipped):\n\n    {cmd}\n"
+    )
+    text = markdown(rows, n_big)
+    with open(os.path.join(out, "cfm_table.md"), "w") as f:
+        f.write(status + "\n" + text)
+    with open(os.path.join(out, "cfm.csv"), "w") as f:
+        f.write(csv_text(rows, n_big))
+    order = ordering(rows)
+    _write_json(
+        os.path.join(out, "meta.json"),
+        {**meta, "quick": quick, "cells_done": done, "cells_total": len(grid), "ordering_w2_1000_raw": order},
+    )
+    print(status + "\n" + text)
+    return {"rows": rows, "ordering": order, "markdown": text, "status": status, "done": done}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Independent references: scikit-learn's make_moons for the runner's arc grid, the closed-form
 statistics of the runner's Gaussian rings, scipy's linear_sum_assignment for the exact OT pairs,
 and closed-form path energies of constant and linear velocity fields for the NPE integral. A
---quick run (one task, two methods, 60 steps) writes the table and finite metrics.
+--quick run (one task, two methods, 60 steps) writes one cell file per run, the table and finite
+metrics, and a re-run skips the finished cells.
 """
 
 from __future__ import annotations
@@ -60,13 +61,21 @@ def test_runner_rings_have_their_stated_statistics():
         D.task_data("spirals", 0)
 
 
-def test_ot_batches_are_exact_assignments():
+def test_ot_chunks_are_exact_assignments_made_in_prefetch_threads():
     lsa = pytest.importorskip("scipy.optimize").linear_sum_assignment
+    from diffusion_jax.training.prefetch import host_batches
+
     data = D.task_data("gaussian_to_8gaussians", 0)
-    rng = np.random.default_rng(0)
-    xs, ns = next(R._batches(data, 3, 64, rng, ot=True))
-    for x, n in zip(xs, ns, strict=True):
-        cost = ((x[:, None] - n[None]) ** 2).sum(-1)
+    raw = next(R._HostChunks(data, 3, 64, np.random.default_rng(0)))
+    with host_batches(
+        R._HostChunks(data, 3, 64, np.random.default_rng(0)), R.pair_chunk_exact_ot, 0, 2
+    ) as it:
+        paired = next(it)
+    np.testing.assert_array_equal(paired["x"], raw["x"])
+    for x, n, n0 in zip(paired["x"], paired["noise"], raw["noise"], strict=True):
+        # the same source rows, reordered to the minimum total squared distance (scipy's assignment)
+        np.testing.assert_array_equal(np.sort(n, axis=0), np.sort(n0, axis=0))
+        cost = ((x[:, None].astype(np.float64) - n0[None]) ** 2).sum(-1)
         r, c = lsa(cost)
         np.testing.assert_allclose(((x - n) ** 2).sum(), cost[r, c].sum(), rtol=1e-5)
 
@@ -103,19 +112,34 @@ def quick_run(tmp_path_factory):
     return res, out
 
 
-def test_quick_run_writes_the_table(quick_run):
+def test_quick_run_writes_cells_and_resumes(quick_run):
     res, out = quick_run
-    assert len(res["rows"]) == 2
+    assert len(res["rows"]) == 2 and res["done"] == 2  # of the 45 cells at the quick protocol
     for r in res["rows"]:
         for w in ("raw", "ema"):
             m = r[w]
             assert m["finite"] and m["w2_1000"] > 0 and m["npe"] >= 0 and (m["nfe"] - 1) % 6 == 0
         assert 0 < r["floor_1000"] < r["raw"]["w2_1000"]  # 60 steps: far from a perfect generator
-    md = open(os.path.join(out, "cfm.md")).read()
-    assert "| N -> moons | i_cfm |" in md and "grid_moons" in md
+    cells = sorted(os.listdir(os.path.join(out, "cells")))
+    assert cells == [
+        "gaussian_to_moons__i_cfm__seed42__steps60_batch64.json",
+        "gaussian_to_moons__ot_cfm__seed42__steps60_batch64.json",
+    ]
+    md = open(os.path.join(out, "cfm_table.md")).read()
+    assert "| N -> moons | i_cfm |" in md and "Cells done: 2/45 (" in md
+    assert "python -m experiments.reproduce_cfm --out=" in md
+    csv = open(os.path.join(out, "cfm.csv")).read().splitlines()
+    assert len(csv) == 3 and csv[0].startswith("task,method,seed")
     assert json.load(open(os.path.join(out, "meta.json")))["steps"] == 60
-    again = R.main(["--report_only", f"--out={out}"])  # the table is rebuilt from runs.jsonl
+    # a re-run skips the finished cells (no training: the cell files are untouched) and rebuilds the
+    # same table; --report_only rebuilds it from the cells alone
+    stamp = [os.path.getmtime(os.path.join(out, "cells", c)) for c in cells]
+    again = R.main(
+        ["--quick", f"--out={out}", "--tasks=gaussian_to_moons", "--seeds=42", "--methods=i_cfm,ot_cfm"]
+    )
     assert again["markdown"] == res["markdown"]
+    assert stamp == [os.path.getmtime(os.path.join(out, "cells", c)) for c in cells]
+    assert R.main(["--quick", "--report_only", f"--out={out}"])["markdown"] == res["markdown"]
 
 
 def test_bad_names_fail_before_any_work(tmp_path):
