@@ -31,7 +31,7 @@ LAYERS = (
             "analytic",
         ),
     ),
-    ("samplers, likelihood, metrics", ("samplers", "likelihood", "metrics")),
+    ("samplers, likelihood, metrics", ("samplers", "likelihood", "likelihood_fixed", "metrics")),
     ("models", ("models",)),
     ("data", ("data",)),
     ("training", ("training",)),
