@@ -17,11 +17,14 @@ seeds 0..n-1, base seed `sampling.seed`) with
 2-D (`--part=toy`): exact W2 (POT, `metrics.ot.w2_exact`) between n samples and n fresh data points
 (`periodic.reference_samples`), beside the *sampling floor*: the W2 between two independent draws
 of n data points (a perfect generator scores about this at this n). W2 of the untrained (step-0
-initialisation) network is listed too. NLL: the probability-flow ODE likelihood
-(`likelihood.log_likelihood`, exact divergence, Dopri5 at each tolerance; Song et al. 2021 App. D.2)
-of fresh data points, in nats per point, with its NFE; on `gmm` (analytic 8-mode mixture) beside the
-true NLL -E log p_data(x) of the same points. Fixed-step NLL (Euler / Heun / DPM-Solver++ on the
-augmented ODE) is not computed: `likelihood.py` integrates adaptively only.
+initialisation) network is listed too. NLL: the probability-flow ODE likelihood (Song et al. 2021
+App. D.2, exact divergence) of fresh data points, in nats per point, against NFE for the same four
+solvers: Euler, Heun and DPM-Solver++ 2M on the augmented ODE (z, int div v) from data to noise on
+the formulation's own grid reversed, at each step count (`likelihood_fixed.log_likelihood_fixed`;
+NFE = network calls, each with its divergence: Euler N, Heun 2N, DPM-Solver++ 2M N), and Dopri5 at
+each tolerance (`likelihood.log_likelihood`, mean measured NFE); on `gmm` (analytic 8-mode mixture)
+beside the true NLL -E log p_data(x) of the same points. A fixed-step value is the likelihood of a
+discretised flow, not a bound: it can lie below the true NLL.
 
 Fashion-MNIST (`--part=fmnist`): the Frechet distance of the penultimate features of the project's
 Fashion-MNIST classifier (`metrics.classifier`, `make fmnist_classifier`) between n samples and n
@@ -172,24 +175,39 @@ def toy_floor(dataset: str, cfg, n: int) -> float:
     return w2_exact(np.asarray(toy2d.sample_toy(dataset, other, n)), periodic.reference_samples(cfg, n))
 
 
-def toy_nll(cfg, den, dataset: str, n: int, tols) -> list[dict]:
+def toy_nll(cfg, den, dataset: str, n: int, tols, steps=()) -> list[dict]:
     """Probability-flow ODE NLL (nats / point) of n fresh data points (key independent of the W2
-    reference) per Dopri5 tolerance, with mean NFE; on gmm also the true NLL of the same points."""
+    reference): per fixed-step solver and step count on the run's own grid reversed (NFE = network
+    calls), and per Dopri5 tolerance (mean measured NFE); on gmm also the true NLL of the same points.
+    Rows {'sampler', 'steps', 'tol', 'NFE', 'NLL', 'true NLL', 'error'}."""
     import jax
     import jax.numpy as jnp
 
-    from diffusion_jax import likelihood
+    from diffusion_jax import likelihood, likelihood_fixed
     from diffusion_jax.data import toy2d
     from diffusion_jax.training import periodic
 
     x = toy2d.sample_toy(dataset, jax.random.fold_in(periodic.eval_data_key(cfg), 0x4E11), n)
     true = float(-jnp.mean(toy2d.toy_gmm().log_prob(x))) if dataset == "gmm" else None
     out = []
+    for sampler in FIXED_SAMPLERS:
+        for k in steps:
+            row = {"sampler": sampler, "steps": k, "tol": "-", "true NLL": true}
+            try:
+                times = likelihood_fixed.likelihood_grid(
+                    den.schedule, k, cfg.sampling.grid, **dict(cfg.sampling.get("grid_kwargs", {}))
+                )
+            except ValueError as e:  # the grid refuses this schedule / step count
+                out.append({**row, "NFE": "-", "NLL": float("nan"), "error": str(e).splitlines()[0]})
+                continue
+            res = likelihood_fixed.log_likelihood_fixed(den, x, method=sampler, times=times)
+            out.append({**row, "NFE": int(res.nfe[0]), "NLL": float(-jnp.mean(res.logp)), "error": ""})
     for tol in tols:
         res = likelihood.log_likelihood(den, x, solver="dopri5", rtol=tol, atol=tol)
         out.append(
-            {"tol": tol, "NFE": float(jnp.mean(res.nfe)), "NLL": float(-jnp.mean(res.logp)), "true NLL": true}
-        )
+            {"sampler": ADAPTIVE, "steps": "-", "tol": tol, "NFE": float(jnp.mean(res.nfe)),
+             "NLL": float(-jnp.mean(res.logp)), "true NLL": true, "error": ""}
+        )  # fmt: skip
     return out
 
 
@@ -211,10 +229,10 @@ def evaluate_toy(runs: str, spec: dict, progress: bool = True) -> list[dict]:
             w2_init = w2_exact(init, ref)
             for r in solver_rows(cfg, den, spec, lambda s, ref=ref: w2_exact(s, ref), spec["n"]):
                 rows.append({**base, **r, "kind": "W2", "floor": floor, "init": w2_init})
-            for r in toy_nll(cfg, den, dataset, spec["nll_n"], spec["tols"]):
+            for r in toy_nll(cfg, den, dataset, spec["nll_n"], spec["tols"], spec["steps"]):
                 rows.append(
-                    {**base, "sampler": ADAPTIVE, "steps": "-", "tol": r["tol"], "NFE": r["NFE"],
-                     "metric": r["NLL"], "error": "", "kind": "NLL", "floor": r["true NLL"], "init": None}
+                    {**base, "sampler": r["sampler"], "steps": r["steps"], "tol": r["tol"], "NFE": r["NFE"],
+                     "metric": r["NLL"], "error": r["error"], "kind": "NLL", "floor": r["true NLL"], "init": None}
                 )  # fmt: skip
             if progress:
                 print(f"  evaluated {dataset}/{form}", flush=True)
@@ -337,7 +355,10 @@ def plot(rows: list[dict], kind: str, dataset: str, path: str, ylabel: str) -> N
     samplers = [
         s for s in (*FIXED_SAMPLERS, ADAPTIVE) if any(r["sampler"] == s and r["kind"] == kind for r in rows)
     ]
-    fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.2), sharey=True, squeeze=False)
+    # NLL: one y-scale per solver (few-step Euler likelihoods can be far off and would flatten the rest).
+    fig, axes = plt.subplots(
+        1, len(samplers), figsize=(3.6 * len(samplers), 3.2), sharey=kind != "NLL", squeeze=False
+    )
     for ax, s in zip(axes[0], samplers, strict=True):
         for i, form in enumerate(FORMULATIONS):
             pts = sorted(
@@ -361,7 +382,8 @@ def plot(rows: list[dict], kind: str, dataset: str, path: str, ylabel: str) -> N
 
 def report(rows: list[dict], part: str, spec: dict, command: str, out: str, notes: str = "") -> str:
     """The markdown results of `part` (tables per dataset and metric), plus the figures."""
-    kinds = {"toy": (("W2", "exact W2 to fresh data"), ("NLL", "NLL (nats/point), dopri5 likelihood ODE")),
+    kinds = {"toy": (("W2", "exact W2 to fresh data"),
+                     ("NLL", "NLL (nats/point), probability-flow ODE likelihood, fixed steps and dopri5")),
              "fmnist": (("FD", "classifier feature distance to test images"),)}[part]  # fmt: skip
     lines = [f"# Formulation comparison: {part}", "", f"Made by `{command}`.", "", notes, ""]
     lines.append(f"Protocol: {', '.join(f'{k}={v}' for k, v in spec.items())}.")
@@ -414,6 +436,11 @@ def parse_args(argv):
     )
     p.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     p.add_argument("--report_only", action="store_true", help="rewrite <part>.md from an existing <part>.csv")
+    p.add_argument(
+        "--evaluate_only",
+        action="store_true",
+        help="evaluate the finished runs in --runs without training them (e.g. after adding a metric)",
+    )
     p.add_argument("--reduced_note", default="", help="a note printed in the results (e.g. a reduced budget)")
     args = p.parse_args(argv)
     parts = [s for s in args.part.split(",") if s]
@@ -473,10 +500,16 @@ def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
         if not os.path.isfile(csv_path):
             raise SystemExit(f"--report_only: {csv_path!r} not found (run without --report_only first)")
         return write_report(read_csv(csv_path), part, spec, over, command, args, {})
-    t0 = time.time()
-    print(f"[{part}] training {len(cmds)} runs x {spec['train_steps']} steps ...", flush=True)
-    times = _run_parallel(cmds, runs, jobs=args.jobs)
-    print(f"[{part}] trained in {time.time() - t0:.0f} s; evaluating ...", flush=True)
+    if args.evaluate_only:
+        missing = [k for k in cmds if not os.path.isdir(os.path.join(runs, k, "checkpoints"))]
+        if missing:
+            raise SystemExit(f"--evaluate_only: no trained run {missing} under {runs!r} (train them first)")
+        times = {}
+    else:
+        t0 = time.time()
+        print(f"[{part}] training {len(cmds)} runs x {spec['train_steps']} steps ...", flush=True)
+        times = _run_parallel(cmds, runs, jobs=args.jobs)
+        print(f"[{part}] trained in {time.time() - t0:.0f} s; evaluating ...", flush=True)
     if part == "toy":
         rows = evaluate_toy(runs, spec, progress=not args.quick)
     else:
