@@ -127,5 +127,8 @@ def test_bad_arguments_are_refused_before_running(tmp_path, capsys):
             cf.main(argv)
         assert field in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+    with pytest.raises(SystemExit, match="--evaluate_only: no trained run"):
+        cf.main(["--evaluate_only", f"--out={tmp_path}", "--formulations=ot_cfm", "--datasets=gmm"])
+    assert not os.path.exists(os.path.join(tmp_path, "toy.csv"))
     with pytest.raises(SystemExit):
         sd3.main(["--results=/nonexistent"])
