@@ -57,14 +57,17 @@ class ClassEmbedding(nnx.Module):
 
 
 class TextBlock(nnx.Module):
-    """Pre-LN Transformer block (Vaswani et al. 2017; pre-LN per Xiong et al. 2020) with a key mask."""
+    """Pre-LN Transformer block (Vaswani et al. 2017; pre-LN per Xiong et al. 2020) with a key mask.
+
+    Laid out for tensor parallelism like the DiT's blocks (`training.sharding.TENSOR_PARALLEL`, when a
+    DiT trains with this encoder): head-major qkv, MLP hidden axis `ffn`."""
 
     def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
         self.ln1 = nnx.LayerNorm(dim, scale_metadata=L.meta("norm"), bias_metadata=L.meta("norm"), rngs=rngs)
-        self.attn = L.SelfAttention(dim, num_heads, rngs=rngs)
+        self.attn = L.SelfAttention(dim, num_heads, rngs=rngs, head_major=True)
         self.ln2 = nnx.LayerNorm(dim, scale_metadata=L.meta("norm"), bias_metadata=L.meta("norm"), rngs=rngs)
-        self.fc1 = L.linear(dim, 4 * dim, rngs=rngs)
-        self.fc2 = L.linear(4 * dim, dim, rngs=rngs, names=("mlp", "embed"))
+        self.fc1 = L.linear(dim, 4 * dim, rngs=rngs, names=("embed", "ffn"))
+        self.fc2 = L.linear(4 * dim, dim, rngs=rngs, names=("ffn", "embed"))
 
     def __call__(self, x, mask):
         x = x + self.attn(self.ln1(x), mask)

@@ -25,7 +25,9 @@ and hidden units per device, so a block needs one all-reduce after the attention
 and one after the MLP output projection. The converters map the published [3D, D] qkv into this layout.
 
 Extension: `context_dim > 0` inserts a cross-attention sub-block (zero-initialised output) after the
-self-attention of each block for sequence conditioning; it is absent in the published models.
+self-attention of each block for sequence conditioning; it is absent in the published models. Its
+k / v projection is head-major too (`layers.HeadsProjection` [E, 2, heads, D/heads]), so under the
+same rules it splits by heads and adds one all-reduce per block after its output projection.
 """
 
 from __future__ import annotations
@@ -70,25 +72,12 @@ def modulate(x, shift, scale):
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class HeadsQKV(nnx.Module):
-    """The fused q / k / v projection with its output laid out by head: x [..., D] ->
-    [..., 3, H, D/H], kernel [D, 3, H, D/H] (logical names embed, -, heads, -), bias [3, H, D/H].
-
-    The same numbers as a [D, 3D] linear (official DiT's `attn.qkv`, reshaped; initialised as that
-    linear is: xavier-uniform on [D, 3D], zero bias), but splitting the `heads` axis over devices keeps
-    each head's q, k and v whole on one device: tensor-parallel attention (Shoeybi et al. 2019,
-    Megatron-LM, Sec. 3) needs no communication until the output projection.
-    """
+class HeadsQKV(L.HeadsProjection):
+    """The DiT's fused q / k / v projection laid out by head: x [..., D] -> [..., 3, H, D/H], kernel
+    [D, 3, H, D/H] (`layers.HeadsProjection` with num = 3): official DiT's [D, 3D] `attn.qkv`, reshaped."""
 
     def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs):
-        hd = dim // num_heads
-        w = nnx.initializers.xavier_uniform()(rngs.params(), (dim, 3 * dim))
-        rngs.params()  # the bias key nnx.Linear draws: the same initial weights as the [D, 3D] linear
-        self.kernel = nnx.Param(w.reshape(dim, 3, num_heads, hd), **L.meta("embed", None, "heads", None))
-        self.bias = nnx.Param(jnp.zeros((3, num_heads, hd)), **L.meta(None, "heads", None))
-
-    def __call__(self, x):
-        return jnp.einsum("...c,cthd->...thd", x, self.kernel[...]) + self.bias[...]
+        super().__init__(dim, 3, dim, num_heads, rngs=rngs)
 
 
 class DiTAttention(nnx.Module):

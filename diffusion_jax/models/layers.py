@@ -159,14 +159,50 @@ def attention(q, k, v, mask=None):
     return out
 
 
-class SelfAttention(nnx.Module):
-    """Multi-head self-attention over tokens [B, L, C]: fused qkv projection + output projection."""
+class HeadsProjection(nnx.Module):
+    """`num` fused projections laid out by head: x [..., Din] -> [..., num, H, D/H]; kernel
+    [Din, num, H, D/H] (logical names embed, -, heads, -), bias [num, H, D/H] (-, heads, -).
 
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, zero_out: bool = False):
+    The same numbers as a [Din, num * D] linear whose output is reshaped to (num, H, D/H) (e.g. a fused
+    q / k / v, num = 3, or a cross-attention's k / v, num = 2), initialised as that linear is
+    (xavier-uniform on [Din, num * D], zero bias, the same two keys drawn), but splitting the `heads`
+    axis over devices keeps each head's q, k and v whole on one device: tensor-parallel attention
+    (Shoeybi et al. 2019, Megatron-LM, Sec. 3) then needs no communication until the output projection.
+    A [Din, num * D] kernel split by columns would instead put whole projections (all of q, half of k)
+    on different devices, which the partitioner must re-shuffle before the attention.
+    """
+
+    def __init__(self, din: int, num: int, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f"attention: dim={dim} not divisible by num_heads={num_heads}")
+        hd = dim // num_heads
+        w = nnx.initializers.xavier_uniform()(rngs.params(), (din, num * dim))
+        rngs.params()  # the bias key nnx.Linear draws: the same initial weights as the [Din, num*D] linear
+        self.kernel = nnx.Param(w.reshape(din, num, num_heads, hd), **meta("embed", None, "heads", None))
+        self.bias = nnx.Param(jnp.zeros((num, num_heads, hd)), **meta(None, "heads", None))
+
+    def __call__(self, x):
+        return jnp.einsum("...c,cnhd->...nhd", x, self.kernel[...]) + self.bias[...]
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention over tokens [B, L, C]: fused qkv projection + output projection.
+
+    head_major=False: the qkv kernel is one [C, 3C] linear (the layout the U-Net / VAE converters
+    write); head_major=True: a `HeadsProjection` [C, 3, H, C/H] (same numbers, tensor-parallel by
+    heads; the DiT and the byte text encoder, which train under `training.sharding.TENSOR_PARALLEL`).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, *, rngs: nnx.Rngs, zero_out: bool = False, head_major: bool = False
+    ):
         if dim % num_heads:
             raise ValueError(f"attention: dim={dim} not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.qkv = linear(dim, 3 * dim, rngs=rngs, names=("embed", "heads"))
+        if head_major:
+            self.qkv = HeadsProjection(dim, 3, dim, num_heads, rngs=rngs)
+        else:
+            self.qkv = linear(dim, 3 * dim, rngs=rngs, names=("embed", "heads"))
         self.proj = linear(dim, dim, rngs=rngs, names=("heads", "embed"), zero=zero_out)
 
     def __call__(self, x, mask=None):
@@ -181,6 +217,9 @@ class CrossAttention(nnx.Module):
 
     Used for text-to-image style conditioning (Rombach et al. 2022, Sec. 3.3). The whole block output
     is zero where the mask is all false, so the residual stream is then untouched.
+    Tensor-parallel layout (`training.sharding.TENSOR_PARALLEL`): q [C, C] by output columns (whole
+    heads, as its output is reshaped head-major), the fused k / v a `HeadsProjection` [E, 2, H, C/H],
+    the output projection by input rows (heads); its bias is added after the all-reduce (replicated).
     """
 
     def __init__(self, dim: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs):
@@ -189,7 +228,7 @@ class CrossAttention(nnx.Module):
         self.num_heads = num_heads
         self.norm = nnx.LayerNorm(dim, scale_metadata=meta("norm"), bias_metadata=meta("norm"), rngs=rngs)
         self.q = linear(dim, dim, rngs=rngs, names=("embed", "heads"))
-        self.kv = linear(context_dim, 2 * dim, rngs=rngs, names=("embed", "heads"))
+        self.kv = HeadsProjection(context_dim, 2, dim, num_heads, rngs=rngs)
         self.proj = linear(dim, dim, rngs=rngs, names=("heads", "embed"), zero=True)
 
     def __call__(self, x, context, mask=None):
@@ -198,7 +237,7 @@ class CrossAttention(nnx.Module):
             mask = jnp.ones(context.shape[:2], bool)
         h = self.num_heads
         q = self.q(self.norm(x)).reshape(b, l, h, c // h)
-        kv = self.kv(context).reshape(b, context.shape[1], 2, h, c // h)
+        kv = self.kv(context)  # [B, Lc, 2, H, C/H]
         out = self.proj(attention(q, kv[:, :, 0], kv[:, :, 1], mask).reshape(b, l, c))
         return out * jnp.any(mask, axis=-1)[:, None, None].astype(out.dtype)
 
