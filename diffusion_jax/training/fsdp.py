@@ -12,7 +12,9 @@ reduce-scatter runs on GPU/TPU pipelines only), and it may re-gather weights for
   its shard of the summed gradient; parameters replicated over the batch axes (small ones, below
   `rules.fsdp_min_size`) get their gradient all-reduced, as in data parallelism;
 - mesh axes that are not batch axes (e.g. 'model', the tensor-parallel axis of the logical rules)
-  stay automatic inside the map, so GSPMD partitions the heads / MLP hidden dimension as before.
+  stay automatic inside the network's map, so GSPMD partitions the heads / MLP hidden dimension as
+  before; the weights are gathered in a separate map manual over every axis, so only each weight's
+  tensor-parallel block moves (tests/test_training_tensor_parallel_fsdp.py).
 
 Only the network is mapped: the objective (time and noise draws, couplings, batch means) stays a
 global-batch computation under `jax.jit`, so a step draws the same noise on any mesh. Dropout keys
@@ -44,12 +46,12 @@ def _gather_axes(spec: PartitionSpec, manual: frozenset) -> list[tuple[int, tupl
     return out
 
 
-def _manual_spec(spec: PartitionSpec, manual: frozenset) -> PartitionSpec:
-    """`spec` restricted to the manual axes (auto axes are not named in shard_map specs)."""
+def _drop_axes(spec: PartitionSpec, axes: frozenset) -> PartitionSpec:
+    """`spec` without the mesh axes `axes` (the sharding of a weight once gathered over them)."""
     out = []
     for entry in spec:
         names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-        names = tuple(n for n in names if n in manual)
+        names = tuple(n for n in names if n not in axes)
         out.append(None if not names else names[0] if len(names) == 1 else names)
     return PartitionSpec(*out)
 
@@ -71,7 +73,7 @@ def fsdp_net_fn(net_fn: Callable, param_shardings, mesh: Mesh, rules: ShardingRu
         return net_fn
     manual = frozenset(axes)
     batch = PartitionSpec(axes if len(axes) > 1 else axes[0])
-    in_param_specs = jax.tree.map(lambda s: _manual_spec(s.spec, manual), param_shardings)
+    per_device = jax.tree.map(lambda s: batch, param_shardings)
     gathers = jax.tree.map(lambda s: _gather_axes(s.spec, manual), param_shardings)
     n_shards = 1
     for a in axes:
@@ -82,8 +84,31 @@ def fsdp_net_fn(net_fn: Callable, param_shardings, mesh: Mesh, rules: ShardingRu
             x = jax.lax.all_gather(x, names if len(names) > 1 else names[0], axis=dim, tiled=True)
         return x
 
-    def local(params, z, t_in, cond, rng):
-        full = jax.tree.map(gather, params, gathers)
+    # The gathers run in their own map, manual over every mesh axis: a weight's tensor-parallel
+    # split ('model') is then just its local block, which the gather leaves alone. (Gathered inside
+    # the network's map, where 'model' is automatic, the partitioner replicates the weight over
+    # 'model' first: one more all-gather per weight.) Each device's gathered copy leaves this map
+    # along a new leading axis split over the batch axes, i.e. as a per-device value (varying), so
+    # the network's map needs no implicit all-reduce of its gradient: the backward pass of the
+    # all-gather is the reduce-scatter, and the replicated-over-'data' part's is one all-reduce
+    # of the shard (the transpose of `pcast`).
+    def gather_one(x, plan, spec):
+        x = gather(x, plan)
+        named = {n for e in spec if e is not None for n in ((e,) if isinstance(e, str) else e)}
+        missing = tuple(a for a in axes if a not in named)  # batch axes the weight is replicated over
+        return (jax.lax.pcast(x, missing, to="varying") if missing else x)[None]
+
+    specs = jax.tree.map(lambda s: s.spec, param_shardings)
+    stacked = lambda s: PartitionSpec(batch[0], *_drop_axes(s.spec, manual))  # noqa: E731
+    gather_all = jax.shard_map(
+        lambda p: jax.tree.map(gather_one, p, gathers, specs, is_leaf=lambda v: isinstance(v, PartitionSpec)),
+        mesh=mesh,
+        in_specs=(specs,),
+        out_specs=jax.tree.map(stacked, param_shardings),
+    )
+
+    def local(stacked_params, z, t_in, cond, rng):
+        full = jax.tree.map(lambda x: x[0], stacked_params)
         if rng is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
         return net_fn(full, z, t_in, cond, rng)
@@ -95,11 +120,11 @@ def fsdp_net_fn(net_fn: Callable, param_shardings, mesh: Mesh, rules: ShardingRu
         mapped = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(in_param_specs, batch, batch, batch, rng_spec),
+            in_specs=(per_device, batch, batch, batch, rng_spec),
             out_specs=batch,
             axis_names=manual,
         )
-        return mapped(params, z, t_in, cond, rng)
+        return mapped(gather_all(params), z, t_in, cond, rng)
 
     return wrapped
 

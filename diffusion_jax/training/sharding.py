@@ -118,9 +118,12 @@ def make_rules(mesh: Mesh, mode: str = "dp", *, fsdp_min_size: int = 2**18, logi
 TENSOR_PARALLEL = {"heads": "model", "ffn": "model"}
 """Megatron-style tensor parallelism of the DiT (Shoeybi et al. 2019, Sec. 3) over a 'model' mesh axis:
 attention split by heads (the head-major qkv kernel [D, 3, heads, D/heads] and the output projection's
-rows) and the MLP by its hidden units (fc1's columns, fc2's rows). Each block then all-reduces once after
-the attention output projection and once after the MLP output projection (and the same two in the
-backward pass); everything else is replicated over 'model'."""
+rows; a cross-attention's q columns, head-major k / v [E, 2, heads, D/heads] and output rows) and the
+MLP by its hidden units (fc1's columns, fc2's rows); the byte text encoder's blocks the same way. Each
+block then all-reduces once after each output projection (attention, cross-attention, MLP; and the
+same in the backward pass); everything else is replicated over 'model'. With `mesh.fsdp > 1` as well,
+FSDP splits each weight over 'fsdp' along another dimension (`leaf_spec`) and gathers only its
+tensor-parallel block (`training.fsdp`)."""
 TP_MODELS = ("dit",)
 
 
