@@ -28,19 +28,21 @@ discretised flow, not a bound: it can lie below the true NLL.
 
 Fashion-MNIST (`--part=fmnist`): the Frechet distance of the penultimate features of the project's
 Fashion-MNIST classifier (`metrics.classifier`, `make fmnist_classifier`) between n samples and n
-test images, beside its floor (n train images vs the same n test images), against NFE.
+test images, beside its floor (n train images vs the same n test images), against NFE; a grid of
+samples per formulation (`fmnist_samples.png`) to check by eye that the numbers score clothing.
+Fixed-step settings above `--max_nfe` are skipped (listed as such).
 
     python -m experiments.compare_formulations --part=toy --out=experiments/results/compare_formulations
     python -m experiments.compare_formulations --part=fmnist --out=experiments/results/compare_formulations
     python -m experiments.compare_formulations --quick --out=/tmp/compare_quick   # seconds; the tests
 
-The defaults are the full protocol (2-D: the configs' 20k steps; Fashion-MNIST: meant to take about
-an hour on an idle 2-core CPU, an estimate: it was not timed on an idle machine). Status: the 2-D part
-is tested (`--quick`, tests/test_experiments_compare_formulations.py) and has a committed (reduced)
-run; `--part=fmnist` has not yet completed a run here, not even `--quick` (the shared machine was
-saturated: see experiments/results/compare_formulations/README.md). Results: `<part>.md` (tables, with the command), `<part>.csv`
-(one row per run x solver x setting), `<part>_*.png`. `experiments/reproduce_sd3_steps.py` reads
-the csv (reproduction 3d).
+The defaults are the full protocol (`FULL`; 2-D: the configs' 20k steps; Fashion-MNIST: sized to
+the shared 2-core machine, far below any paper's budget). --quick on Fashion-MNIST trains the
+configs' 'tiny' variant (8x8 images) in-process and scores with a randomly initialised classifier
+(tests/test_experiments_compare_fmnist.py). Results: `<part>.md` (tables, with the command),
+`<part>.csv` (one row per run x solver x setting), `<part>_*.png`. `experiments/reproduce_sd3_steps.py`
+reads the csv (reproduction 3d); see experiments/results/compare_formulations/README.md for what was
+run.
 """
 
 from __future__ import annotations
@@ -71,28 +73,31 @@ TOY_DATASETS = ("gmm", "moons", "8gaussians", "checkerboard")
 FULL = {
     "toy": dict(datasets=TOY_DATASETS, train_steps=20_000, n=2000, steps=(5, 10, 20, 50),
                 tols=(1e-2, 1e-3, 1e-4), nll_n=1000, overrides=()),
-    "fmnist": dict(train_steps=4000, n=2000, steps=(5, 10, 20, 50), tols=(1e-2, 1e-3), overrides=(
+    # Sized to the shared 2-core machine (issue 13: "about an hour"): a 2-level nf-16 U-Net, 600 steps
+    # of batch 32 at lr 1e-3 (cosine), EMA 0.99; n = 500; Heun's 50 steps (NFE 100) skipped.
+    "fmnist": dict(train_steps=600, n=500, steps=(5, 10, 50), tols=(1e-2,), max_nfe=50, overrides=(
         "--config.model.nf=16", "--config.model.ch_mult=(1,2)", "--config.model.num_res_blocks=1",
-        "--config.model.attn_resolutions=()", "--config.data.batch_size=64",
-        "--config.training.warmup_steps=200", "--config.training.ema_decays=(0.999,)")),
+        "--config.model.attn_resolutions=()", "--config.model.dropout=0.0", "--config.data.batch_size=32",
+        "--config.training.lr=1e-3", "--config.training.lr_schedule=cosine",
+        "--config.training.warmup_steps=50", "--config.training.ema_decays=(0.99,)")),
 }  # fmt: skip
 # --quick: tiny everything, for the tests (seconds per run).
 QUICK = {
     "toy": dict(datasets=("gmm",), train_steps=300, n=256, steps=(2, 4), tols=(1e-2,), nll_n=64, overrides=(
         "--config.model.width=32", "--config.training.ema_decays=(0.9,)")),
+    # the configs' 'tiny' variant (8x8 area-resized images, nf 8), trained in-process (no CLI start-up)
     "fmnist": dict(train_steps=2, n=16, steps=(2,), tols=(), overrides=(
-        "--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.model.num_res_blocks=1",
-        "--config.model.attn_resolutions=()", "--config.data.batch_size=4",
-        "--config.training.warmup_steps=0", "--config.training.ema_decays=(0.9,)",
-        "--config.model.dropout=0.0")),
+        "--config.data.batch_size=4", "--config.training.ema_decays=(0.5,)",
+        "--config.training.fast_compile=True")),
 }  # fmt: skip
 
 
 def config_path(part: str, form: str, dataset: str | None) -> str:
-    """The `--config` argument of a run: configs/toy2d/<form>.py:<dataset> or configs/fashion_mnist/<form>.py."""
+    """The `--config` argument of a run: configs/toy2d/<form>.py:<dataset> or
+    configs/fashion_mnist/<form>.py[:<variant>] (`dataset` is the variant on Fashion-MNIST)."""
     if part == "toy":
         return f"{REPO}/configs/toy2d/{form}.py:{dataset}"
-    return f"{REPO}/configs/fashion_mnist/{form}.py"
+    return f"{REPO}/configs/fashion_mnist/{form}.py" + (f":{dataset}" if dataset else "")
 
 
 def train_cmd(part: str, form: str, dataset: str | None, workdir: str, steps: int, overrides) -> list[str]:
@@ -106,11 +111,16 @@ def train_cmd(part: str, form: str, dataset: str | None, workdir: str, steps: in
     ]  # fmt: skip
 
 
-def draw(cfg, den, sampler: str, setting, n: int, grid: str | None = None):
+class OverBudget(ValueError):
+    """A fixed-step setting whose NFE exceeds `--max_nfe` (skipped before sampling)."""
+
+
+def draw(cfg, den, sampler: str, setting, n: int, grid: str | None = None, max_nfe: int | None = None):
     """Seeds 0..n-1 of `den` through the one engine with the run's sampling settings except the
     sampler (fixed-step: `setting` steps on the run's grid; dopri5: rtol = atol = `setting`).
     Returns (samples [n, ...], NFE: the sampler's rule for fixed steps, measured for dopri5).
-    Raises ValueError (before compiling) if the sampler refuses the path or grid."""
+    Raises ValueError (before compiling) if the sampler refuses the path or grid, OverBudget if
+    a fixed-step NFE exceeds `max_nfe`."""
     from diffusion_jax.training import periodic
 
     c = copy.deepcopy(cfg)
@@ -125,6 +135,8 @@ def draw(cfg, den, sampler: str, setting, n: int, grid: str | None = None):
         c.sampling.sampler_kwargs = {}
         c.sampling.num_steps = int(setting)
     plan = periodic.plan_for(c, den)
+    if max_nfe is not None and sampler != ADAPTIVE and int(plan.meta["nfe"]) > max_nfe:
+        raise OverBudget(f"skipped: NFE {plan.meta['nfe']} > --max_nfe={max_nfe}")
     chunks = list(plan.stream(list(range(n))))
     samples = np.concatenate([ch.samples for ch in chunks], axis=0)
     nfe = max(int(ch.nfe) for ch in chunks) if sampler == ADAPTIVE else int(plan.meta["nfe"])
@@ -141,8 +153,9 @@ def load_run(workdir: str, initial: bool = False):
     return cfg, objectives.make_denoiser_from_config(cfg.objective, net.net_fn, params)
 
 
-def solver_rows(cfg, den, spec: dict, score, n: int) -> list[dict]:
-    """One row per (solver, steps / tolerance): {'sampler', 'steps', 'tol', 'NFE', 'metric', 'error'}."""
+def solver_rows(cfg, den, spec: dict, score, n: int, keep=None) -> list[dict]:
+    """One row per (solver, steps / tolerance): {'sampler', 'steps', 'tol', 'NFE', 'metric', 'error'}.
+    `keep(sampler, setting, samples)` (optional) sees every batch of samples before it is scored."""
     rows = []
     settings = [(s, k) for s in FIXED_SAMPLERS for k in spec["steps"]]
     settings += [(ADAPTIVE, tol) for tol in spec["tols"]]
@@ -150,10 +163,12 @@ def solver_rows(cfg, den, spec: dict, score, n: int) -> list[dict]:
         row = {"sampler": sampler, "steps": "-", "tol": "-"}
         row["steps" if sampler != ADAPTIVE else "tol"] = setting
         try:
-            samples, nfe = draw(cfg, den, sampler, setting, n)
-        except ValueError as e:  # refused before compiling (sampler x path x grid)
+            samples, nfe = draw(cfg, den, sampler, setting, n, max_nfe=spec.get("max_nfe"))
+        except ValueError as e:  # refused before compiling (sampler x path x grid), or over budget
             rows.append({**row, "NFE": "-", "metric": float("nan"), "error": str(e).splitlines()[0]})
             continue
+        if keep is not None:
+            keep(sampler, setting, samples)
         rows.append({**row, "NFE": nfe, "metric": score(samples), "error": ""})
     return rows
 
@@ -244,16 +259,29 @@ def evaluate_toy(runs: str, spec: dict, progress: bool = True) -> list[dict]:
 # -------------------------------------------------------------------------------------------------
 
 
-def fmnist_scorer(classifier_path: str, n: int, quick: bool):
-    """(score(samples) -> Frechet feature distance to n test images, floor) with the classifier's
-    features; floor = n train images vs the same n test images. In --quick the classifier is a
-    randomly initialised one (the tests do not train it) and the images are the first n of each split."""
+def fmnist_images(split: str, n: int, size: int = 28, resize: str = "none") -> np.ndarray:
+    """The first n images of a Fashion-MNIST split, uint8 [n, size, size, 1], brought to the models'
+    size as the data pipeline does (`data.transforms.resize_image`, the run's `data.resize`)."""
+    from diffusion_jax.data import fashion_mnist, transforms
+
+    x = fashion_mnist.load_split_numpy(split)[0][:n]
+    x = x[..., None] if x.ndim == 3 else x
+    if x.shape[1] != size:
+        x = np.stack([transforms.resize_image(im, size, resize) for im in x])
+    return x
+
+
+def fmnist_scorer(classifier_path: str | None, n: int, size: int = 28, resize: str = "none"):
+    """(score, floor): score(samples [n, size, size, 1] in [-1, 1]) -> Frechet distance (Heusel et al.
+    2017, eq. 2; `metrics.fid.frechet_distance`) between the classifier's penultimate features of the
+    samples and of the first n test images; floor = the same distance for the first n train images,
+    i.e. what a perfect generator scores at this n. `classifier_path=None` (--quick only) uses a
+    randomly initialised classifier. Images that are not 28 x 28 are resized to 28 by the classifier."""
     import jax
 
-    from diffusion_jax.data import fashion_mnist
     from diffusion_jax.metrics import classifier, fid
 
-    if quick:
+    if classifier_path is None:
         from flax import nnx
 
         graphdef, state = nnx.split(classifier.create(0))
@@ -263,31 +291,82 @@ def fmnist_scorer(classifier_path: str, n: int, quick: bool):
 
     def moments(images):
         feats = np.concatenate([np.asarray(fn(images[i : i + 500])) for i in range(0, len(images), 500)])
-        return feats.mean(0), np.cov(feats, rowvar=False)
+        return feats.astype(np.float64).mean(0), np.cov(feats.astype(np.float64), rowvar=False)
 
-    test = fashion_mnist.load_split_numpy("test")[0][:n]
-    train = fashion_mnist.load_split_numpy("train")[0][:n]
+    test = fmnist_images("test", n, size, resize)
     mu_t, s_t = moments(test)
-    floor = fid.frechet_distance(*moments(train), mu_t, s_t)
+    floor = fid.frechet_distance(*moments(fmnist_images("train", n, size, resize)), mu_t, s_t)
 
     def score(samples):
-        if samples.shape[1:3] != (28, 28):
-            raise ValueError(f"Fashion-MNIST samples must be 28x28, got {samples.shape}")
+        if samples.shape[1:] != test.shape[1:]:
+            raise ValueError(f"Fashion-MNIST samples must be [n, {size}, {size}, 1], got {samples.shape}")
         return fid.frechet_distance(*moments(samples.astype(np.float32)), mu_t, s_t)
 
     return score, floor
 
 
-def evaluate_fmnist(runs: str, spec: dict, classifier_path: str, quick: bool, progress=True) -> list[dict]:
-    score, floor = fmnist_scorer(classifier_path, spec["n"], quick)
-    rows = []
+def sample_grid(path: str, rows: dict[str, np.ndarray], real: np.ndarray, per_row: int = 12) -> None:
+    """A png: one row of `per_row` samples per formulation (seeds 0..per_row-1), then test images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_jax.data.transforms import to_uint8
+
+    named = [*rows.items(), ("test images", real)]
+    fig, axes = plt.subplots(len(named), 1, figsize=(per_row * 0.6 + 1.6, len(named) * 0.7), squeeze=False)
+    for ax, (name, imgs) in zip(axes[:, 0], named, strict=True):
+        im = imgs[:per_row]
+        im = im if im.dtype == np.uint8 else to_uint8(im)
+        ax.imshow(np.concatenate(list(im[..., 0]), axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=True) -> list[dict]:
+    """Rows {'dataset': 'fashion_mnist', 'formulation', 'sampler', ..., 'metric': FD, 'floor'}; also
+    writes OUT/fmnist_samples.png (Euler at the most steps, seeds 0-11, per formulation)."""
+    rows, grid, score, floor, real = [], {}, None, None, None
     for form in spec["formulations"]:
         cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
-        for r in solver_rows(cfg, den, spec, score, spec["n"]):
+        if score is None:  # every run has the same data config (checked below)
+            size, resize = int(cfg.data.image_size), str(cfg.data.get("resize", "none"))
+            score, floor = fmnist_scorer(classifier_path, spec["n"], size, resize)
+            real = fmnist_images("test", 12, size, resize)
+
+        def keep(sampler, setting, samples, form=form):
+            if sampler == "euler" and setting == max(spec["steps"]):
+                grid[form] = samples[:12]
+
+        for r in solver_rows(cfg, den, spec, score, spec["n"], keep=keep):
             rows.append({"dataset": "fashion_mnist", "formulation": form, **r, "kind": "FD", "floor": floor})
         if progress:
             print(f"  evaluated fashion_mnist/{form}", flush=True)
+    sample_grid(os.path.join(out, "fmnist_samples.png"), grid, real)
     return rows
+
+
+def train_in_process(cmds: dict[str, list[str]]) -> dict[str, float]:
+    """Run `train_cmd` commands in this process (`training.loop.train`, same config parsing as the
+    CLI), one after another on one device; --quick Fashion-MNIST uses it to skip the CLI's start-up.
+    Returns the wall time per run (s)."""
+    import jax
+
+    from diffusion_jax.training import loop, overrides
+
+    times = {}
+    for name, cmd in cmds.items():
+        cfg = overrides.config_from_argv(cmd[2:3] + [a for a in cmd[3:] if a.startswith("--config")])
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        t0 = time.time()
+        loop.train(cfg, workdir, progress=False, devices=jax.devices()[:1])
+        times[name] = time.time() - t0
+    return times
 
 
 # -------------------------------------------------------------------------------------------------
@@ -338,7 +417,9 @@ def pivot(rows: list[dict], kind: str, dataset: str) -> tuple[list[str], list[di
         setting = f"N={r['steps']}" if r["sampler"] != ADAPTIVE else f"tol={r['tol']:g}"
         nfe = r["NFE"] if isinstance(r["NFE"], str) else f"{r['NFE']:.4g}"
         col = f"{r['sampler']} {setting}"
-        val = "refused" if r["error"] else f"{r['metric']:.4g} (NFE {nfe})"
+        val = f"{r['metric']:.4g} (NFE {nfe})"
+        if r["error"]:
+            val = "skipped" if r["error"].startswith("skipped") else "refused"
         if col not in cols:
             cols.append(col)
         out.setdefault(r["formulation"], {"formulation": r["formulation"]})[col] = val
@@ -409,7 +490,15 @@ def report(rows: list[dict], part: str, spec: dict, command: str, out: str, note
             png = f"{part}_{dataset}_{kind}.png"
             plot(rows, kind, dataset, os.path.join(out, png), kind)
             lines.append(f"\n![{dataset} {kind}]({png})\n")
-    refused = sorted({(r["formulation"], r["sampler"], r["error"]) for r in rows if r["error"]})
+    refused = sorted(
+        {
+            (r["formulation"], r["sampler"], r["error"])
+            for r in rows
+            if r["error"] and "skipped" not in r["error"]
+        }
+    )
+    if any(r["error"].startswith("skipped") for r in rows):
+        lines.append(f"\nSkipped (NFE above --max_nfe={spec.get('max_nfe')}): shown as 'skipped'.")
     if refused:
         lines.append("\nRefused before compiling: " + "; ".join(f"{f}/{s}: {e}" for f, s, e in refused))
     return "\n".join(lines) + "\n"
@@ -430,7 +519,12 @@ def parse_args(argv):
     p.add_argument("--n", type=int, default=None, help="samples per evaluation (W2 / feature distance)")
     p.add_argument("--steps", default=None, help="fixed-step counts, comma-separated")
     p.add_argument("--tols", default=None, help="dopri5 tolerances, comma-separated ('' for none)")
-    p.add_argument("--classifier", default=os.path.join(REPO, "checkpoints", "fmnist_classifier.npz"))
+    p.add_argument(
+        "--classifier",
+        default=os.path.join(REPO, "checkpoints", "fmnist_classifier.npz"),
+        help="Fashion-MNIST classifier checkpoint (`make fmnist_classifier`); --quick uses random weights",
+    )
+    p.add_argument("--max_nfe", type=int, default=None, help="skip fixed-step settings above this NFE")
     p.add_argument(
         "--runs", default=None, help="training runs folder (default OUT/runs); finished runs are reused"
     )
@@ -455,7 +549,7 @@ def parse_args(argv):
         bad = [f for f in args.formulations.split(",") if f not in FORMULATIONS]
         if bad:
             p.error(f"--formulations: unknown {bad}; valid: {list(FORMULATIONS)}")
-    for name in ("train_steps", "n", "jobs"):
+    for name in ("train_steps", "n", "jobs", "max_nfe"):
         v = getattr(args, name)
         if v is not None and v < 1:
             p.error(f"--{name} must be >= 1, got {v}")
@@ -473,7 +567,9 @@ def parse_args(argv):
 
 def protocol(args, part: str, steps, tols) -> dict:
     spec = dict((QUICK if args.quick else FULL)[part])
-    for key, val in (("train_steps", args.train_steps), ("n", args.n), ("steps", steps), ("tols", tols)):
+    given = (("train_steps", args.train_steps), ("n", args.n), ("steps", steps), ("tols", tols),
+             ("max_nfe", args.max_nfe))  # fmt: skip
+    for key, val in given:
         if val is not None:
             spec[key] = tuple(val) if isinstance(val, list) else val
     if part == "toy" and args.datasets:
@@ -491,9 +587,8 @@ def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
         cmds = {f"{d}_{f}": train_cmd(part, f, d + suffix, os.path.join(runs, f"{d}_{f}"), spec["train_steps"], over)
                 for d in spec["datasets"] for f in spec["formulations"]}  # fmt: skip
     else:
-        if args.quick:
-            over = [*over, "--config.model.image_size=28", "--config.data.image_size=28"]
-        cmds = {f"fmnist_{f}": train_cmd(part, f, None, os.path.join(runs, f"fmnist_{f}"), spec["train_steps"], over)
+        variant = "tiny" if args.quick else None
+        cmds = {f"fmnist_{f}": train_cmd(part, f, variant, os.path.join(runs, f"fmnist_{f}"), spec["train_steps"], over)
                 for f in spec["formulations"]}  # fmt: skip
     csv_path = os.path.join(args.out, f"{part}.csv")
     if args.report_only:
@@ -508,12 +603,16 @@ def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
     else:
         t0 = time.time()
         print(f"[{part}] training {len(cmds)} runs x {spec['train_steps']} steps ...", flush=True)
-        times = _run_parallel(cmds, runs, jobs=args.jobs)
+        if part == "fmnist" and args.quick:
+            times = train_in_process(cmds)
+        else:
+            times = _run_parallel(cmds, runs, jobs=args.jobs)
         print(f"[{part}] trained in {time.time() - t0:.0f} s; evaluating ...", flush=True)
     if part == "toy":
         rows = evaluate_toy(runs, spec, progress=not args.quick)
     else:
-        rows = evaluate_fmnist(runs, spec, args.classifier, args.quick, progress=not args.quick)
+        clf = None if args.quick else args.classifier
+        rows = evaluate_fmnist(runs, spec, clf, args.out, progress=not args.quick)
     write_csv(csv_path, rows)
     return write_report(rows, part, spec, over, command, args, times)
 
