@@ -154,13 +154,47 @@ def train_fmnist(steps: int, batch: int, quick: bool, seed: int = 0, nf: int = 1
     return den.replace(params=carry[1]), carry[0], time.time() - t0
 
 
-def fmnist_bpd(den, num_images: int, probe_seeds: int, num_t: int, quick: bool, rtol: float = 1e-5) -> dict:
+def load_fmnist_run(workdir: str):
+    """(denoiser with the run's EMA weights, description) of a trained Fashion-MNIST run."""
+    from diffusion_jax import objectives
+    from diffusion_jax.training import checkpoints
+
+    state, cfg, net = checkpoints.load_train_state(workdir)
+    if cfg.data.name != "fashion_mnist":
+        raise SystemExit(f"--run={workdir!r}: needs a fashion_mnist run, got data.name={cfg.data.name!r}")
+    den = objectives.make_denoiser_from_config(
+        cfg.objective, net.net_fn, checkpoints.select_params(state, "")
+    )
+    m, t = cfg.model, cfg.training
+    desc = {"run": workdir, "steps": int(state.step), "batch": int(cfg.data.batch_size), "nf": int(m.nf),
+            "ch_mult": list(m.ch_mult), "schedule": str(cfg.objective.schedule),
+            "prediction": str(cfg.objective.prediction),
+            "ema_decays": list(t.ema_decays), "image_size": int(cfg.data.image_size),
+            "resize": str(cfg.data.get("resize", "none"))}  # fmt: skip
+    return den, desc
+
+
+def fmnist_bpd(
+    den,
+    num_images: int,
+    probe_seeds: int,
+    num_t: int,
+    quick: bool,
+    rtol: float = 1e-5,
+    run: dict | None = None,
+) -> dict:
     """ODE bits/dim (Hutchinson, one Rademacher probe per image, `probe_seeds` probe draws) and ELBO
-    bits/dim of the first `num_images` test images, under one dequantisation per image."""
+    bits/dim of the first `num_images` test images, under one dequantisation per image. `run` (the
+    description of `load_fmnist_run`) brings the images to that run's size as its data pipeline does."""
     from diffusion_jax import likelihood as L
     from diffusion_jax.metrics import bpd
 
-    x = jnp.asarray(_images("test", quick)[:num_images])
+    if run is not None:
+        from experiments.compare_formulations import fmnist_images
+
+        x = jnp.asarray(fmnist_images("test", num_images, run["image_size"], run["resize"]))
+    else:
+        x = jnp.asarray(_images("test", quick)[:num_images])
     keys = bpd.sample_keys(0, range(num_images))
     k_deq, k_elbo = jax.vmap(jax.random.split)(keys)[:, 0], jax.vmap(jax.random.split)(keys)[:, 1]
     y = bpd.dequantize(x, k_deq, jnp.float32)
@@ -216,6 +250,8 @@ def markdown(res: dict) -> str:
             f"## Fashion-MNIST ({'x'.join(map(str, f['image_shape']))}, small VP-eps U-Net, "
             f"{res['fmnist_train']['steps']} steps, {f['num_images']} test images)",
             "",
+            "Model: " + ", ".join(f"{k} {v}" for k, v in res["fmnist_train"].items()) + ".",
+            "",
             "| quantity | bits/dim |",
             "|---|---|",
             f"| ODE (Hutchinson, mean over {f['probe_seeds']} probe seeds) | {f['ode_bpd']:.4f} |",
@@ -244,9 +280,18 @@ def main(argv=None) -> dict:
     p.add_argument("--n_analytic", type=int, default=256, help="mixture samples for the ODE checks")
     p.add_argument("--nf", type=int, default=16, help="U-Net base width (Fashion-MNIST)")
     p.add_argument("--skip_fmnist", action="store_true")
+    p.add_argument(
+        "--run",
+        default=None,
+        help="score this trained Fashion-MNIST run (a `diffusion_jax.train` workdir, e.g. compare_formulations' "
+        "runs/fmnist_vp_eps; EMA weights) instead of training a model here",
+    )
+    p.add_argument("--rtol", type=float, default=1e-5, help="Dopri5 rtol = atol of the Fashion-MNIST ODE")
     a = p.parse_args(argv)
     if min(a.steps, a.batch, a.num_images, a.probe_seeds, a.num_t) < 1:
         raise SystemExit("--steps, --batch, --num_images, --probe_seeds and --num_t must be >= 1")
+    if a.run is not None and not os.path.isfile(os.path.join(a.run, "config.json")):
+        raise SystemExit(f"--run={a.run!r}: not a training run (no config.json)")
     os.makedirs(a.out, exist_ok=True)
     q = a.quick
     kw = (
@@ -255,12 +300,16 @@ def main(argv=None) -> dict:
         else dict(n=a.n_analytic, probe_seeds=16, num_t=128, n_elbo=4096)
     )
     res = {"analytic": analytic_check(**kw)}
-    if not a.skip_fmnist:
+    if not a.skip_fmnist and a.run:
+        den, res["fmnist_train"] = load_fmnist_run(a.run)
+        run = res["fmnist_train"]
+        res["fmnist"] = fmnist_bpd(den, a.num_images, a.probe_seeds, a.num_t, False, rtol=a.rtol, run=run)
+    elif not a.skip_fmnist:
         steps, batch = (20, 8) if q else (a.steps, a.batch)
         den, _, secs = train_fmnist(steps, batch, q, nf=a.nf)
         res["fmnist_train"] = {"steps": steps, "batch": batch, "seconds": secs, "nf": 8 if q else a.nf}
         n, seeds, nt = (4, 2, 4) if q else (a.num_images, a.probe_seeds, a.num_t)
-        res["fmnist"] = fmnist_bpd(den, n, seeds, nt, q, rtol=1e-3 if q else 1e-5)
+        res["fmnist"] = fmnist_bpd(den, n, seeds, nt, q, rtol=1e-3 if q else a.rtol)
     res["meta"] = {
         "quick": q,
         "command": "python -m experiments.reproduce_likelihood " + " ".join(argv or []),
