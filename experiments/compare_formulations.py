@@ -330,7 +330,7 @@ def sample_grid(path: str, rows: dict[str, np.ndarray], real: np.ndarray, per_ro
 
 def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=True) -> list[dict]:
     """Rows {'dataset': 'fashion_mnist', 'formulation', 'sampler', ..., 'metric': FD, 'floor'}; also
-    writes OUT/fmnist_samples.png (Euler at the most steps, seeds 0-11, per formulation)."""
+    writes OUT/fmnist_samples.png and .npz (Euler at the most steps, seeds 0-11, per formulation)."""
     rows, grid, score, floor, real = [], {}, None, None, None
     for form in spec["formulations"]:
         cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
@@ -348,6 +348,7 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
         if progress:
             print(f"  evaluated fashion_mnist/{form}", flush=True)
     sample_grid(os.path.join(out, "fmnist_samples.png"), grid, real)
+    np.savez(os.path.join(out, "fmnist_samples.npz"), **grid)  # to re-plot runs evaluated apart
     return rows
 
 
