@@ -61,7 +61,12 @@ def test_ot_coupling_quick(tmp_path):
     assert d["exact"] == pytest.approx(d["exact_emd_cost"], rel=1e-5)
     assert d["exact"] < d["sinkhorn"] < d["independent"]
     assert [r["batch"] for r in data["solvers"]] == [32, 128] and "scipy / emd" in md
-    assert all(r["emd"] > 0 and r["lsa"] > 0 for r in data["solvers"])
+    assert all(r["emd"] > 0 and r["lsa"] > 0 and r["emd_threads"] > 0 for r in data["solvers"])
+    assert all(r["csgraph"] > 0 for r in data["solvers"])  # both batches are <= CSGRAPH_MAX_BATCH
+    (bound,) = data["bound"]  # max(independent, pairing / cores) / independent
+    pairing = rows["exact_prefetch"]["host_pairing_s"]
+    want = max(1.0, pairing / bound["cores"] / rows["independent"]["step_s"])
+    assert bound["bound_ratio"] == pytest.approx(want) and "Lower bound" in md
 
 
 def test_torchcfm_pairs_are_a_permutation_for_uniform_batches():
@@ -103,6 +108,8 @@ def test_likelihood_quick(tmp_path):
     rows = {r["method"]: r for r in res["rows"]}
     assert set(rows) == set(likelihood.METHODS)
     assert all(r["max_err"] <= res["target"] and r["seconds"] > 0 for r in rows.values())
+    assert set(res["field_ms"]) == {"velocity", "velocity + divergence"} and "ms / NFE" in md
+    assert all(v > 0 for v in res["field_ms"].values())
     # the chosen tolerance is the loosest that passes: every looser one in the sweep missed the target
     for m, r in rows.items():
         looser = [s for s in res["sweep"] if s["method"] == m and s["tol"] > r["tol"]]
