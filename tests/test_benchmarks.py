@@ -61,10 +61,10 @@ def test_ot_coupling_quick(tmp_path):
     assert d["exact"] == pytest.approx(d["exact_emd_cost"], rel=1e-5)
     assert d["exact"] < d["sinkhorn"] < d["independent"]
     assert [r["batch"] for r in data["solvers"]] == [32, 128] and "scipy / emd" in md
-    assert all(r["emd"] > 0 and r["lsa"] > 0 and r["emd_threads"] > 0 for r in data["solvers"])
+    assert all(r["emd"] > 0 and r["lsa"] > 0 for r in data["solvers"])
     assert all(r["csgraph"] > 0 for r in data["solvers"])  # both batches are <= CSGRAPH_MAX_BATCH
     (bound,) = data["bound"]  # max(independent, pairing / cores) / independent
-    pairing = rows["exact_prefetch"]["host_pairing_s"]
+    pairing = min(rows[c]["host_pairing_s"] for c in ("exact_prefetch", "exact_inline"))
     want = max(1.0, pairing / bound["cores"] / rows["independent"]["step_s"])
     assert bound["bound_ratio"] == pytest.approx(want) and "Lower bound" in md
 
