@@ -1,7 +1,9 @@
 """Every `python -m diffusion_jax.*` command and every Python snippet of the README's "Using it"
 section runs as written, read from README.md itself (so the README cannot drift), with only these
 substitutions for test size: `.venv/bin/python` -> this interpreter, `runs/` -> a temporary folder,
-config variants -> their `_tiny` versions, and `--config.training.num_steps=2` appended to training.
+config variants -> their `_tiny` versions, and `--config.training.num_steps=2
+--config.training.fast_compile=true` appended to training (unoptimised XLA for the step: the same
+operations, a fraction of the compile time; sampling programs are compiled as usual).
 
 Then the outputs are checked: the conditional example (a rectified-flow, class-conditional
 checkpoint, no grid flag) writes label = seed mod 10 and guidance 2 into every file, and the README's
@@ -75,7 +77,8 @@ def _run(cmd: str, tmp: str):
     assert args[0] == ".venv/bin/python" and args[1] == "-m", cmd
     args = [sys.executable, *args[1:]]
     if args[2] == "diffusion_jax.train":
-        args = [_tiny(a) for a in args] + ["--config.training.num_steps=2", "--progress=false"]
+        args = [_tiny(a) for a in args]
+        args += ["--config.training.num_steps=2", "--config.training.fast_compile=true", "--progress=false"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"{cmd}\n{p.stderr[-3000:]}"
