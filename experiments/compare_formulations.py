@@ -159,6 +159,8 @@ def solver_rows(cfg, den, spec: dict, score, n: int, keep=None) -> list[dict]:
     rows = []
     settings = [(s, k) for s in FIXED_SAMPLERS for k in spec["steps"]]
     settings += [(ADAPTIVE, tol) for tol in spec["tols"]]
+    if spec.get("settings"):  # an explicit list replaces the steps x samplers product
+        settings = list(spec["settings"])
     for sampler, setting in settings:
         row = {"sampler": sampler, "steps": "-", "tol": "-"}
         row["steps" if sampler != ADAPTIVE else "tol"] = setting
@@ -332,6 +334,7 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
     """Rows {'dataset': 'fashion_mnist', 'formulation', 'sampler', ..., 'metric': FD, 'floor'}; also
     writes OUT/fmnist_samples.png and .npz (Euler at the most steps, seeds 0-11, per formulation)."""
     rows, grid, score, floor, real = [], {}, None, None, None
+    most = max([k for s, k in spec.get("settings") or () if s == "euler"] or spec["steps"])
     for form in spec["formulations"]:
         cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
         if score is None:  # every run has the same data config (checked below)
@@ -340,7 +343,7 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
             real = fmnist_images("test", 12, size, resize)
 
         def keep(sampler, setting, samples, form=form):
-            if sampler == "euler" and setting == max(spec["steps"]):
+            if sampler == "euler" and setting == most:
                 grid[form] = samples[:12]
 
         for r in solver_rows(cfg, den, spec, score, spec["n"], keep=keep):
@@ -521,6 +524,12 @@ def parse_args(argv):
     p.add_argument("--steps", default=None, help="fixed-step counts, comma-separated")
     p.add_argument("--tols", default=None, help="dopri5 tolerances, comma-separated ('' for none)")
     p.add_argument(
+        "--settings",
+        default=None,
+        help="explicit solver settings instead of --steps x samplers and --tols, e.g. "
+        "'euler:5,euler:50,heun:5,dopri5:0.01' (samplers: " + ", ".join((*FIXED_SAMPLERS, ADAPTIVE)) + ")",
+    )
+    p.add_argument(
         "--classifier",
         default=os.path.join(REPO, "checkpoints", "fmnist_classifier.npz"),
         help="Fashion-MNIST classifier checkpoint (`make fmnist_classifier`); --quick uses random weights",
@@ -557,8 +566,9 @@ def parse_args(argv):
     try:
         steps = [int(s) for s in args.steps.split(",")] if args.steps else None
         tols = [float(s) for s in args.tols.split(",") if s] if args.tols is not None else None
+        args.settings = parse_settings(args.settings) if args.settings else None
     except ValueError as e:
-        p.error(f"--steps / --tols: {e}")
+        p.error(f"--steps / --tols / --settings: {e}")
     if steps is not None and min(steps) < 1:
         p.error(f"--steps must be >= 1, got {steps}")
     if "fmnist" in parts and not args.quick and not os.path.isfile(args.classifier):
@@ -566,10 +576,24 @@ def parse_args(argv):
     return args, parts, steps, tols
 
 
+def parse_settings(text: str) -> tuple:
+    """'euler:5,dopri5:0.01' -> (('euler', 5), ('dopri5', 0.01)); ValueError naming the bad item."""
+    out = []
+    for item in text.split(","):
+        name, _, val = item.partition(":")
+        if name not in (*FIXED_SAMPLERS, ADAPTIVE) or not val:
+            raise ValueError(f"{item!r}: want SAMPLER:VALUE with SAMPLER in {[*FIXED_SAMPLERS, ADAPTIVE]}")
+        v = float(val) if name == ADAPTIVE else int(val)
+        if v <= 0:
+            raise ValueError(f"{item!r}: steps / tolerance must be > 0")
+        out.append((name, v))
+    return tuple(out)
+
+
 def protocol(args, part: str, steps, tols) -> dict:
     spec = dict((QUICK if args.quick else FULL)[part])
     given = (("train_steps", args.train_steps), ("n", args.n), ("steps", steps), ("tols", tols),
-             ("max_nfe", args.max_nfe))  # fmt: skip
+             ("max_nfe", args.max_nfe), ("settings", args.settings))  # fmt: skip
     for key, val in given:
         if val is not None:
             spec[key] = tuple(val) if isinstance(val, list) else val

@@ -108,3 +108,13 @@ def test_likelihood_reads_a_comparison_run(quick, tmp_path):
     with pytest.raises(SystemExit, match="--run"):
         RL.main([f"--out={tmp_path}/x", f"--run={tmp_path}"])
     assert not (tmp_path / "x").exists()
+
+
+def test_settings_list_parses_and_refuses_bad_items(tmp_path, capsys):
+    assert cf.parse_settings("euler:5,heun:3,dopri5:0.01") == (("euler", 5), ("heun", 3), ("dopri5", 0.01))
+    for bad in ("rk4:5", "euler:0", "heun"):
+        with pytest.raises(ValueError, match="euler"):
+            cf.parse_settings(bad)
+    with pytest.raises(SystemExit):
+        cf.main(["--part=toy", "--settings=euler:-1", f"--out={tmp_path}/x"])
+    assert "--settings" in capsys.readouterr().err and not (tmp_path / "x").exists()
