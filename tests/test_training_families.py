@@ -75,13 +75,18 @@ def test_image_family_one_step_under_mock_tfds(module, arg, dtype, tmp_path):
     cfg.training.compute_dtype = dtype
     cfg.data.prepare = False
     cfg.data.data_dir = str(tmp_path / "tfds")
+    if arg == "cond_tiny":
+        # Large steps (constant lr: the step program does not depend on num_steps, so the resumed run
+        # below reuses the compiled step instead of compiling another one for a new lr).
+        cfg.training.lr = 0.05
     with tfds.testing.mock_data(num_examples=16):
         _one_step(cfg, tmp_path)
         if arg == "cond_tiny":
-            # Two more large steps (resuming the run): after step 1 only the zero-initialised output
-            # conv has moved (no gradient reaches what lies behind it), so the label cannot reach the
+            # Two more steps (resuming the run): after step 1 only the zero-initialised output conv
+            # has moved (no gradient reaches what lies behind it), so the label cannot reach the
             # output yet; after step 3 it does, which the sampling checks below need.
-            cfg.training.num_steps, cfg.training.lr = 3, 0.05
+            assert cfg.training.lr_schedule == "constant"
+            cfg.training.num_steps = 3
             loop.train(cfg, str(tmp_path / "run"), progress=False, devices=jax.devices()[:1])
     if arg == "cond_tiny":
         _sample_cli_with_labels_and_guidance(tmp_path / "run", tmp_path / "samples")
