@@ -338,7 +338,9 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
     for form in spec["formulations"]:
         cfg, den = load_run(os.path.join(runs, f"fmnist_{form}"))
         if score is None:  # every run has the same data config (checked below)
-            size, resize = int(cfg.data.image_size), str(cfg.data.get("resize", "none"))
+            # data.image_size 0 = the dataset's own size (the model's image_size)
+            size = int(cfg.data.image_size) or int(cfg.model.image_size)
+            resize = str(cfg.data.get("resize", "none"))
             score, floor = fmnist_scorer(classifier_path, spec["n"], size, resize)
             real = fmnist_images("test", 12, size, resize)
 

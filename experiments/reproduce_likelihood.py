@@ -169,7 +169,7 @@ def load_fmnist_run(workdir: str):
     desc = {"run": workdir, "steps": int(state.step), "batch": int(cfg.data.batch_size), "nf": int(m.nf),
             "ch_mult": list(m.ch_mult), "schedule": str(cfg.objective.schedule),
             "prediction": str(cfg.objective.prediction),
-            "ema_decays": list(t.ema_decays), "image_size": int(cfg.data.image_size),
+            "ema_decays": list(t.ema_decays), "image_size": int(cfg.data.image_size) or int(m.image_size),
             "resize": str(cfg.data.get("resize", "none"))}  # fmt: skip
     return den, desc
 
