@@ -496,6 +496,10 @@ def report(rows: list[dict], part: str, spec: dict, command: str, out: str, note
             png = f"{part}_{dataset}_{kind}.png"
             plot(rows, kind, dataset, os.path.join(out, png), kind)
             lines.append(f"\n![{dataset} {kind}]({png})\n")
+    if part == "fmnist" and os.path.isfile(os.path.join(out, "fmnist_samples.png")):
+        lines.append(
+            "Samples (Euler, the most steps, seeds 0-11) and test images:\n\n![samples](fmnist_samples.png)\n"
+        )
     refused = sorted(
         {
             (r["formulation"], r["sampler"], r["error"])
