@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -18,6 +19,26 @@ import numpy as np
 
 JSONL_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
+
+
+def _summary_writer_class():
+    """tensorboardX's `SummaryWriter`, imported without pulling in torch.
+
+    tensorboardX's writer module imports torch whenever it is installed (the `parity` extra does),
+    only so it can accept torch tensors, which we never log; that import costs ~1.8 s per training
+    process. While torch is not loaded yet, `import torch` is made to fail for this one import (a
+    `None` entry in `sys.modules` raises ImportError), then torch is importable again as before.
+    """
+    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _scalar(v):
@@ -47,9 +68,7 @@ class MetricsLogger:
         os.makedirs(workdir, exist_ok=True)
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, TB_DIR))
+            self._tb = _summary_writer_class()(logdir=os.path.join(workdir, TB_DIR))
 
     def write(self, step: int, metrics: Mapping[str, object], prefix: str = "") -> None:
         """Log scalar metrics (arrays of size 1 or python numbers) at `step`."""
