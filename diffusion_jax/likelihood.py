@@ -112,6 +112,37 @@ def draw_probes(key: Array, shape: tuple[int, ...], kind: str, dtype) -> Array:
     raise ValueError(f"unknown probe kind {kind!r}; valid: ['rademacher', 'gaussian']")
 
 
+def prior_log_density(
+    denoiser: Denoiser, t_max: float, prior_logp=None, source=None, caller: str = "log_likelihood"
+) -> Callable[[Array], Array]:
+    """The log-density of the ODE's end state z(t_max), z [B, ...] -> [B]: `source.log_prob`, or
+    `prior_logp`, or by default log N(0, sigma(t_max)^2 I) (the marginal of the forward process when
+    alpha(t_max) x is negligible). Raises ValueError, prefixed by `caller`, before any compilation:
+    both given, a source without a density, or sigma(t_max) = 0 with the default prior."""
+    if source is not None:
+        if prior_logp is not None:
+            raise ValueError(f"{caller}: pass either source or prior_logp, not both")
+        if not getattr(source, "has_density", False):
+            raise ValueError(
+                f"{caller}: source {getattr(source, 'name', source)!r} has no log-density; the likelihood "
+                "needs one (gaussian, an analytic distribution, or sampler_source(..., log_prob=...))"
+            )
+        return source.log_prob
+    if prior_logp is not None:
+        return prior_logp
+    with jax.ensure_compile_time_eval():
+        sig = float(denoiser.schedule.sigma(np.float64(t_max)))
+    if not sig > 0:
+        raise ValueError(f"{caller}: sigma(t_max={t_max}) = {sig}; the default N(0, sigma^2) prior needs > 0")
+
+    def gaussian(z):
+        d = int(np.prod(z.shape[1:]))
+        lp = -0.5 * jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=1) / sig**2
+        return lp - 0.5 * d * (math.log(2 * math.pi) + 2 * math.log(sig))
+
+    return gaussian
+
+
 def log_likelihood(
     denoiser: Denoiser,
     x: Array,
@@ -151,15 +182,6 @@ def log_likelihood(
     Raises ValueError for bad names / intervals / missing key, before compiling.
     """
     sch = denoiser.schedule
-    if source is not None:
-        if prior_logp is not None:
-            raise ValueError("log_likelihood: pass either source or prior_logp, not both")
-        if not getattr(source, "has_density", False):
-            raise ValueError(
-                f"log_likelihood: source {getattr(source, 'name', source)!r} has no log-density; the "
-                "likelihood needs one (gaussian, an analytic distribution, or sampler_source(..., log_prob=...))"
-            )
-        prior_logp = source.log_prob
     if divergence_method not in DIVERGENCES:
         raise ValueError(
             f"log_likelihood: unknown divergence_method {divergence_method!r}; valid: {list(DIVERGENCES)}"
@@ -179,12 +201,7 @@ def log_likelihood(
     hutch = divergence_method != "exact"
     if hutch and (key is None or num_probes < 1):
         raise ValueError("log_likelihood: Hutchinson divergence needs an explicit `key` and num_probes >= 1")
-    with jax.ensure_compile_time_eval():
-        sig_end = float(sch.sigma(np.float64(t1)))
-    if prior_logp is None and not sig_end > 0:
-        raise ValueError(
-            f"log_likelihood: sigma(t_max={t1}) = {sig_end}; the default N(0, sigma^2) prior needs > 0"
-        )
+    prior = prior_log_density(denoiser, t1, prior_logp, source)
     x = jnp.asarray(x)
     dtype = x.dtype
     shape = x.shape[1:]
@@ -233,11 +250,7 @@ def log_likelihood(
         z_end, delta, nfe = _solve_batch(
             field, SOLVERS[solver](), x, probes, (t0, t1, step0), (rtol, atol), max_steps
         )
-    if prior_logp is None:
-        lp = -0.5 * jnp.sum(z_end.reshape(z_end.shape[0], -1) ** 2, axis=1) / sig_end**2
-        lp = lp - 0.5 * d * (math.log(2 * math.pi) + 2 * math.log(sig_end))
-    else:
-        lp = prior_logp(z_end)
+    lp = prior(z_end)
     return LikelihoodOutput(lp + delta, nfe.astype(jnp.int32), z_end, lp, delta)
 
 
@@ -302,4 +315,5 @@ __all__ = [
     "divergence",
     "draw_probes",
     "log_likelihood",
+    "prior_log_density",
 ]

@@ -57,14 +57,13 @@ compiled program. Prior: as in `likelihood` (default log N(0, sigma(t_max)^2 I),
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.likelihood import DIVERGENCES, LikelihoodOutput, draw_probes
+from diffusion_jax.likelihood import DIVERGENCES, LikelihoodOutput, draw_probes, prior_log_density
 from diffusion_jax.predictions import Denoiser
 from diffusion_jax.samplers import grids
 
@@ -158,33 +157,6 @@ def likelihood_grid(
     )[::-1]
 
 
-def _prior_fn(denoiser: Denoiser, t1: float, prior_logp, source) -> Callable[[Array], Array]:
-    if source is not None:
-        if prior_logp is not None:
-            raise ValueError("log_likelihood_fixed: pass either source or prior_logp, not both")
-        if not getattr(source, "has_density", False):
-            raise ValueError(
-                f"log_likelihood_fixed: source {getattr(source, 'name', source)!r} has no log-density; "
-                "the likelihood needs one"
-            )
-        return source.log_prob
-    if prior_logp is not None:
-        return prior_logp
-    with jax.ensure_compile_time_eval():
-        sig = float(denoiser.schedule.sigma(np.float64(t1)))
-    if not sig > 0:
-        raise ValueError(
-            f"log_likelihood_fixed: sigma(t_max={t1}) = {sig}; the default N(0, sigma^2) prior needs > 0"
-        )
-
-    def gaussian(z):
-        d = int(np.prod(z.shape[1:]))
-        lp = -0.5 * jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=1) / sig**2
-        return lp - 0.5 * d * (math.log(2 * math.pi) + 2 * math.log(sig))
-
-    return gaussian
-
-
 def log_likelihood_fixed(
     denoiser: Denoiser,
     x: Array,
@@ -238,7 +210,7 @@ def log_likelihood_fixed(
             raise ValueError(
                 f"log_likelihood_fixed: `times` must be an ascending [N+1] array in [0, 1], got {ts}"
             )
-    prior = _prior_fn(denoiser, float(ts[-1]), prior_logp, source)
+    prior = prior_log_density(denoiser, float(ts[-1]), prior_logp, source, caller="log_likelihood_fixed")
     x = jnp.asarray(x)
     n = ts.size - 1
     bucket = max(_MIN_BUCKET, 1 << (n - 1).bit_length())
