@@ -128,6 +128,12 @@ def test_quick_run_writes_cells_and_resumes(quick_run):
     md = open(os.path.join(out, "cfm_table.md")).read()
     assert "| N -> moons | i_cfm |" in md and "Cells done: 2/45 (" in md
     assert "python -m experiments.reproduce_cfm --out=" in md
+    # the published [SF]2M re-run beside ours, and the paired ordering line from the two cells
+    assert "| N -> moons | i_cfm | 0.178 ± 0.014 | 0.891 ± 0.120 |" in md
+    i_w2, o_w2 = (r["raw"]["w2_1000"] for r in sorted(res["rows"], key=lambda r: r["method"]))
+    verdict = "holds" if i_w2 > o_w2 else "does NOT hold"
+    assert f"- N -> moons, raw, n = 1000: I-CFM {i_w2:.3f} vs OT-CFM {o_w2:.3f} -> {verdict}" in md
+    assert f"paired differences {i_w2 - o_w2:+.3f})" in md
     csv = open(os.path.join(out, "cfm.csv")).read().splitlines()
     assert len(csv) == 3 and csv[0].startswith("task,method,seed")
     assert json.load(open(os.path.join(out, "meta.json")))["steps"] == 60
