@@ -353,7 +353,44 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
         if progress:
             print(f"  evaluated fashion_mnist/{form}", flush=True)
     sample_grid(os.path.join(out, "fmnist_samples.png"), grid, real)
-    np.savez(os.path.join(out, "fmnist_samples.npz"), **grid)  # to re-plot runs evaluated apart
+    np.savez(os.path.join(out, "fmnist_samples.npz"), **grid, **{REAL_KEY: real})  # for --merge_from
+    return rows
+
+
+REAL_KEY = "__test_images__"
+
+
+def merge_results(dirs: list[str], part: str, out: str) -> list[dict]:
+    """Concatenate the `<part>.csv` of result folders evaluated apart (e.g. `--evaluate_only` on
+    disjoint `--formulations` in parallel processes) into OUT/<part>.csv, in FORMULATIONS order; on
+    Fashion-MNIST also their sample grids (fmnist_samples.npz -> OUT/fmnist_samples.png / .npz).
+    A (dataset, formulation) found in two folders is an error (which one would count?)."""
+    rows, grid, real, where = [], {}, None, {}
+    for i, d in enumerate(dirs):
+        path = os.path.join(d, f"{part}.csv")
+        if not os.path.isfile(path):
+            raise SystemExit(f"--merge_from: {path!r} not found (evaluate into that folder first)")
+        for r in read_csv(path):
+            key = (r["dataset"], r["formulation"])
+            if where.setdefault(key, i) != i:
+                raise SystemExit(f"--merge_from: {key} is in both {dirs[where[key]]!r} and {d!r}")
+            rows.append(r)
+        npz = os.path.join(d, "fmnist_samples.npz")
+        if part == "fmnist" and os.path.isfile(npz):
+            with np.load(npz) as z:
+                grid.update({k: z[k] for k in z.files if k != REAL_KEY})
+                real = z[REAL_KEY] if REAL_KEY in z.files else real
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    rank = {f: i for i, f in enumerate(FORMULATIONS)}
+    rows.sort(key=lambda r: (datasets.index(r["dataset"]), rank.get(r["formulation"], len(rank))))
+    write_csv(os.path.join(out, f"{part}.csv"), rows)
+    if grid:
+        grid = dict(sorted(grid.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+        if real is None:  # folders written before the test images were saved with the grid
+            size = next(iter(grid.values())).shape[1]
+            real = fmnist_images("test", 12, size, "none" if size == 28 else "area")
+        sample_grid(os.path.join(out, "fmnist_samples.png"), grid, real)
+        np.savez(os.path.join(out, "fmnist_samples.npz"), **grid, **{REAL_KEY: real})
     return rows
 
 
@@ -547,6 +584,12 @@ def parse_args(argv):
     p.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     p.add_argument("--report_only", action="store_true", help="rewrite <part>.md from an existing <part>.csv")
     p.add_argument(
+        "--merge_from",
+        default=None,
+        help="with --report_only: comma-separated result folders evaluated apart (disjoint --formulations); "
+        "their <part>.csv (and Fashion-MNIST sample grids) are merged into --out first",
+    )
+    p.add_argument(
         "--evaluate_only",
         action="store_true",
         help="evaluate the finished runs in --runs without training them (e.g. after adding a metric)",
@@ -575,6 +618,8 @@ def parse_args(argv):
         args.settings = parse_settings(args.settings) if args.settings else None
     except ValueError as e:
         p.error(f"--steps / --tols / --settings: {e}")
+    if args.merge_from and not args.report_only:
+        p.error("--merge_from needs --report_only (it merges finished evaluations)")
     if steps is not None and min(steps) < 1:
         p.error(f"--steps must be >= 1, got {steps}")
     if "fmnist" in parts and not args.quick and not os.path.isfile(args.classifier):
@@ -623,6 +668,8 @@ def run_part(part: str, spec: dict, args, command: str) -> list[dict]:
                 for f in spec["formulations"]}  # fmt: skip
     csv_path = os.path.join(args.out, f"{part}.csv")
     if args.report_only:
+        if args.merge_from:
+            merge_results([d for d in args.merge_from.split(",") if d], part, args.out)
         if not os.path.isfile(csv_path):
             raise SystemExit(f"--report_only: {csv_path!r} not found (run without --report_only first)")
         return write_report(read_csv(csv_path), part, spec, over, command, args, {})

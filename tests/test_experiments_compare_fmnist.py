@@ -118,3 +118,31 @@ def test_settings_list_parses_and_refuses_bad_items(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cf.main(["--part=toy", "--settings=euler:-1", f"--out={tmp_path}/x"])
     assert "--settings" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_merge_from_joins_results_evaluated_apart(quick, tmp_path):
+    """Two folders evaluated apart (here: the quick run's, and a copy of it relabelled as another
+    formulation) merge into one csv / table / sample grid in FORMULATIONS order; a formulation in
+    both folders is refused, and --merge_from without --report_only fails before any work."""
+    out, rows = quick
+    other = tmp_path / "other"
+    other.mkdir()
+    cf.write_csv(str(other / "fmnist.csv"), [{**r, "formulation": "vp_eps"} for r in rows])
+    with np.load(os.path.join(out, "fmnist_samples.npz")) as z:
+        np.savez(other / "fmnist_samples.npz", vp_eps=z[FORM], **{cf.REAL_KEY: z[cf.REAL_KEY]})
+    merged = tmp_path / "merged"
+    argv = ["--quick", "--part=fmnist", f"--out={merged}", "--report_only", f"--merge_from={out},{other}"]
+    got = cf.main(argv)["fmnist"]
+    assert [r["formulation"] for r in got] == ["vp_eps"] * len(rows) + [FORM] * len(rows)
+    metric = lambda rs: np.array([np.nan if r["metric"] is None else r["metric"] for r in rs], float)  # noqa: E731
+    np.testing.assert_equal(metric(got[len(rows) :]), metric(rows))  # nan (skipped Heun) == nan
+    md = open(merged / "fmnist.md").read()
+    assert md.index("| vp_eps |") < md.index(f"| {FORM} |")
+    with np.load(merged / "fmnist_samples.npz") as z:
+        assert list(z.files) == ["vp_eps", FORM, cf.REAL_KEY]
+    assert os.path.getsize(merged / "fmnist_samples.png") > 1000
+    with pytest.raises(SystemExit, match="is in both"):
+        cf.main([*argv[:-1], f"--merge_from={out},{out}"])
+    with pytest.raises(SystemExit):
+        cf.main(["--quick", "--part=fmnist", f"--out={tmp_path / 'x'}", f"--merge_from={out}"])
+    assert not os.path.exists(tmp_path / "x")
