@@ -383,7 +383,8 @@ def csv_text(rows: list[dict], n_big: int) -> str:
 
 
 def ordering(rows: list[dict], key: str = "w2_1000", weights: str = "raw") -> dict:
-    """{task: (mean I-CFM W2, mean OT-CFM W2, I-CFM > OT-CFM, seeds)} over the seeds run for both."""
+    """{task: (mean I-CFM W2, mean OT-CFM W2, I-CFM > OT-CFM, seeds, per-seed I-CFM minus OT-CFM)}
+    over the seeds run for both."""
     out = {}
     for task in TASK_LABELS:
         by = {
@@ -397,7 +398,8 @@ def ordering(rows: list[dict], key: str = "w2_1000", weights: str = "raw") -> di
         common = sorted(set(by["i_cfm"]) & set(by["ot_cfm"]))
         i, o = [by["i_cfm"][s] for s in common], [by["ot_cfm"][s] for s in common]
         if i and o:
-            out[task] = (float(np.mean(i)), float(np.mean(o)), bool(np.mean(i) > np.mean(o)), common)
+            diff = [float(a - b) for a, b in zip(i, o, strict=True)]
+            out[task] = (float(np.mean(i)), float(np.mean(o)), bool(np.mean(i) > np.mean(o)), common, diff)
     return out
 
 
@@ -405,24 +407,18 @@ def ordering_text(rows: list[dict], n_big: int) -> str:
     """The I-CFM > OT-CFM check per task, on the seeds both methods ran: raw weights (the paper's)
     and EMA, at n = 1000 (Tong et al.'s setting) and at n = n_big ([SF]2M's), with the paired
     per-seed differences (a seed's I-CFM minus its OT-CFM W2)."""
+    checks = [(w, k, ordering(rows, k, w)) for w in ("raw", "ema") for k in ("w2_1000", f"w2_{n_big}")]
     out = ["## Ordering I-CFM > OT-CFM (W2, mean over the seeds both ran; paired differences per seed)", ""]
     for task, label in TASK_LABELS.items():
-        for weights in ("raw", "ema"):
-            for key in ("w2_1000", f"w2_{n_big}"):
-                o = ordering(rows, key, weights).get(task)
-                if o is None:
-                    continue
-                i_m, o_m, holds, seeds = o
-                cell = {(r["method"], r["seed"]): r[weights][key] for r in rows if r["task"] == task}
-                diff = [cell["i_cfm", s] - cell["ot_cfm", s] for s in seeds]
-                wins = sum(d > 0 for d in diff)
-                out.append(
-                    f"- {label}, {weights}, n = {key[3:]}: I-CFM {i_m:.3f} vs OT-CFM {o_m:.3f} -> "
-                    f"{'holds' if holds else 'does NOT hold'} (I-CFM worse on {wins}/{len(seeds)} seeds "
-                    f"{seeds}; paired differences {', '.join(f'{d:+.3f}' for d in diff)})"
-                )
-        if not any(label in line for line in out):
-            out.append(f"- {label}: no seed with both I-CFM and OT-CFM cells: not established")
+        lines = [
+            f"- {label}, {w}, n = {k[3:]}: I-CFM {i_m:.3f} vs OT-CFM {o_m:.3f} -> "
+            f"{'holds' if holds else 'does NOT hold'} (I-CFM worse on {sum(d > 0 for d in diff)}/{len(seeds)} "
+            f"seeds {seeds}; paired differences {', '.join(f'{d:+.3f}' for d in diff)})"
+            for w, k, order in checks
+            if task in order
+            for i_m, o_m, holds, seeds, diff in [order[task]]
+        ]
+        out += lines or [f"- {label}: no seed with both I-CFM and OT-CFM cells: not established"]
     return "\n".join(out) + "\n"
 
 
@@ -506,7 +502,8 @@ def report(out: str, meta: dict, quick: bool = False) -> dict:
         + (f" plus the unmeasured methods {unknown}" if unknown else "")
         + f". The command that completes the rest (finished cells are skipped):\n\n    {cmd}\n"
     )
-    text = markdown(rows, n_big) + "\n" + ordering_text(rows, n_big)
+    sources = f"Published: {PUBLISHED_SOURCE}. Quoted NPE: {PUBLISHED_NPE_SOURCE}.\n"
+    text = markdown(rows, n_big) + "\n" + sources + "\n" + ordering_text(rows, n_big)
     with open(os.path.join(out, "cfm_table.md"), "w") as f:
         f.write(status + "\n" + text)
     with open(os.path.join(out, "cfm.csv"), "w") as f:
