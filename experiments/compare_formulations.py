@@ -367,10 +367,7 @@ def merge_results(dirs: list[str], part: str, out: str) -> list[dict]:
     A (dataset, formulation) found in two folders is an error (which one would count?)."""
     rows, grid, real, where = [], {}, None, {}
     for i, d in enumerate(dirs):
-        path = os.path.join(d, f"{part}.csv")
-        if not os.path.isfile(path):
-            raise SystemExit(f"--merge_from: {path!r} not found (evaluate into that folder first)")
-        for r in read_csv(path):
+        for r in read_csv(os.path.join(d, f"{part}.csv")):  # present: checked in parse_args
             key = (r["dataset"], r["formulation"])
             if where.setdefault(key, i) != i:
                 raise SystemExit(f"--merge_from: {key} is in both {dirs[where[key]]!r} and {d!r}")
@@ -620,6 +617,12 @@ def parse_args(argv):
         p.error(f"--steps / --tols / --settings: {e}")
     if args.merge_from and not args.report_only:
         p.error("--merge_from needs --report_only (it merges finished evaluations)")
+    missing = [
+        os.path.join(d, f"{part}.csv") for d in (args.merge_from or "").split(",") if d for part in parts
+    ]
+    missing = [f for f in missing if not os.path.isfile(f)]
+    if missing:
+        p.error(f"--merge_from: {missing} not found (evaluate into those folders first)")
     if steps is not None and min(steps) < 1:
         p.error(f"--steps must be >= 1, got {steps}")
     if "fmnist" in parts and not args.quick and not os.path.isfile(args.classifier):

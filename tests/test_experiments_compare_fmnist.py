@@ -145,4 +145,14 @@ def test_merge_from_joins_results_evaluated_apart(quick, tmp_path):
         cf.main([*argv[:-1], f"--merge_from={out},{out}"])
     with pytest.raises(SystemExit):
         cf.main(["--quick", "--part=fmnist", f"--out={tmp_path / 'x'}", f"--merge_from={out}"])
+    with pytest.raises(SystemExit):  # a folder without fmnist.csv: refused before --out is made
+        cf.main(
+            [
+                "--quick",
+                "--part=fmnist",
+                f"--out={tmp_path / 'x'}",
+                "--report_only",
+                f"--merge_from={tmp_path}",
+            ]
+        )
     assert not os.path.exists(tmp_path / "x")
