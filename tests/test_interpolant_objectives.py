@@ -97,31 +97,6 @@ def test_exact_marginal_fields_minimise_and_attain_the_closed_form(x64, noise, s
     assert out.shape == (4, 2)
 
 
-def test_sb_cfm_coupling_is_the_entropic_plan_with_reg_two_sigma_squared(x64):
-    """coupling='schrodinger' uses the entropic plan with the absolute reg 2 sigma^2 (SB-CFM Prop. 3.1):
-    against a log-domain Sinkhorn written here (numpy, 5000 iterations), and the loss runs with it."""
-    from scipy.special import logsumexp
-
-    sig, n = 0.5, 12
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + 1.0
-    cost = ((x[:, None] - y[None]) ** 2).sum(-1)
-    eps, f, g, logw = 2 * sig**2, np.zeros(n), np.zeros(n), np.full(n, -np.log(n))
-    for _ in range(1500):
-        f = -eps * logsumexp((g[None] - cost) / eps + logw[None], axis=1)
-        g = -eps * logsumexp((f[:, None] - cost) / eps + logw[:, None], axis=0)
-    ref = np.exp((f[:, None] + g[None] - cost) / eps + logw[:, None] + logw[None])
-    plan = O.sinkhorn_plan(jnp.asarray(x), jnp.asarray(y), eps, 2000, relative=False)
-    # ott stops at its default threshold (marginal error 1e-3): entries agree to ~1% of the largest.
-    np.testing.assert_allclose(np.asarray(plan), ref, atol=3e-4)
-    assert np.abs(np.asarray(plan) - ref).sum() < 0.01
-    cfg = O.objective_preset("sb_cfm")
-    cfg.update(path_sigma=sig)
-    loss_fn, _ = O.make_loss(cfg, lambda p, z, t, c, r: jnp.concatenate([z, z], axis=-1))
-    _, m = loss_fn(None, {"x": jnp.asarray(x), "noise": jnp.asarray(y)}, jax.random.key(0))
-    assert np.isfinite(float(m["loss"])) and float(m["score_mse"]) > 0
-
-
 def _log_sinkhorn(x, y, eps, iters):
     """Plain log-domain Sinkhorn in float64 numpy (the reference plan), uniform marginals."""
     from scipy.special import logsumexp
@@ -133,6 +108,25 @@ def _log_sinkhorn(x, y, eps, iters):
         f = -eps * logsumexp((g[None] - cost) / eps + logw[None], axis=1)
         g = -eps * logsumexp((f[:, None] - cost) / eps + logw[:, None], axis=0)
     return np.exp((f[:, None] + g[None] - cost) / eps + logw[:, None] + logw[None])
+
+
+def test_sb_cfm_coupling_is_the_entropic_plan_with_reg_two_sigma_squared(x64):
+    """coupling='schrodinger' uses the entropic plan with the absolute reg 2 sigma^2 (SB-CFM Prop. 3.1):
+    against a log-domain Sinkhorn written here (numpy, 1500 iterations), and the loss runs with it."""
+    sig, n = 0.5, 12
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + 1.0
+    eps = 2 * sig**2
+    ref = _log_sinkhorn(x, y, eps, 1500)
+    plan = O.sinkhorn_plan(jnp.asarray(x), jnp.asarray(y), eps, 2000, relative=False)
+    # ott stops at its default threshold (marginal error 1e-3): entries agree to ~1% of the largest.
+    np.testing.assert_allclose(np.asarray(plan), ref, atol=3e-4)
+    assert np.abs(np.asarray(plan) - ref).sum() < 0.01
+    cfg = O.objective_preset("sb_cfm")
+    cfg.update(path_sigma=sig)
+    loss_fn, _ = O.make_loss(cfg, lambda p, z, t, c, r: jnp.concatenate([z, z], axis=-1))
+    _, m = loss_fn(None, {"x": jnp.asarray(x), "noise": jnp.asarray(y)}, jax.random.key(0))
+    assert np.isfinite(float(m["loss"])) and float(m["score_mse"]) > 0
 
 
 def test_sinkhorn_momentum_converges_sooner_to_the_same_plan():
