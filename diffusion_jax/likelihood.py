@@ -73,34 +73,47 @@ def _velocity_single(denoiser: Denoiser):
     return v
 
 
+def value_and_divergence(f, z: Array, probes: Array | None = None):
+    """(v, aux, div v) at one sample z [...] from a single linearisation of f: z -> (v [...], aux).
+
+    div v = tr(dv/dz): exactly when probes is None (D Jacobian-vector products along the basis
+    vectors from the one linearisation: tr J = sum_i (J e_i)_i), else Hutchinson's estimator
+    (Hutchinson 1989; FFJORD, Grathwohl et al. 2019, eq. 7): the mean over probes [P, ...] (any
+    distribution with E[e e^T] = I) of e^T J e. aux: whatever else f computes from the same network
+    call (the fixed-step solvers' x0 / eps), not differentiated.
+    """
+    shape = z.shape
+
+    def flat(u):
+        v, aux = f(u.reshape(shape))
+        return v.reshape(-1), aux
+
+    v, jvp, aux = jax.linearize(flat, z.reshape(-1), has_aux=True)
+    if probes is None:
+        div = jnp.trace(jax.vmap(jvp)(jnp.eye(v.size, dtype=v.dtype)))
+    else:
+        div = jnp.mean(jax.vmap(lambda e: jnp.sum(e.reshape(-1) * jvp(e.reshape(-1))))(probes))
+    return v.reshape(shape), aux, div
+
+
 def divergence(denoiser: Denoiser, z: Array, t, method: str = "exact", probes: Array | None = None) -> Array:
-    """div_z v(z, t) per sample, exactly or by Hutchinson's estimator.
+    """div_z v(z, t) per sample, exactly or by Hutchinson's estimator (`value_and_divergence`).
 
     Args:
       z: [B, ...] states; t: scalar time.
-      method: "exact" (trace of the [D, D] Jacobian, forward mode) or "hutchinson" with `probes`
-        [B, P, ...] (any distribution with E[e e^T] = I): the mean over P of e^T J e.
+      method: "exact" (trace of the [D, D] Jacobian) or "hutchinson" with `probes` [B, P, ...] (any
+        distribution with E[e e^T] = I): the mean over P of e^T J e.
     Returns: [B] divergences.
     """
     v = _velocity_single(denoiser)
+    f = lambda u: (v(u, t), ())  # noqa: E731
     if method == "exact":
-
-        def one(zi):
-            d = zi.size
-            jac = jax.jacfwd(lambda u: v(u.reshape(zi.shape), t).reshape(-1))(zi.reshape(-1))
-            return jnp.trace(jac.reshape(d, d))
-
-        return jax.vmap(one)(z)
+        return jax.vmap(lambda zi: value_and_divergence(f, zi)[2])(z)
     if method != "hutchinson":
         raise ValueError(f"divergence: unknown method {method!r}; valid: ['exact', 'hutchinson']")
     if probes is None or probes.shape[0] != z.shape[0] or probes.shape[2:] != z.shape[1:]:
         raise ValueError(f"divergence: hutchinson needs probes [B, P, ...] matching z {z.shape}")
-
-    def one_h(zi, ei):
-        _, jvp = jax.linearize(lambda u: v(u, t), zi)
-        return jnp.mean(jax.vmap(lambda e: jnp.sum(e * jvp(e)))(ei))
-
-    return jax.vmap(one_h)(z, probes)
+    return jax.vmap(lambda zi, ei: value_and_divergence(f, zi, ei)[2])(z, probes)
 
 
 def draw_probes(key: Array, shape: tuple[int, ...], kind: str, dtype) -> Array:
@@ -205,7 +218,6 @@ def log_likelihood(
     x = jnp.asarray(x)
     dtype = x.dtype
     shape = x.shape[1:]
-    d = int(np.prod(shape))
     probes = (
         draw_probes(key, (x.shape[0], num_probes) + shape, divergence_method, dtype)
         if hutch
@@ -214,15 +226,7 @@ def log_likelihood(
     v = _velocity_single(denoiser)
 
     def field(t, y, e):
-        z, _ = y
-        if hutch:
-            vz, jvp = jax.linearize(lambda u: v(u, t), z)
-            div = jnp.mean(jax.vmap(lambda p: jnp.sum(p * jvp(p)))(e))
-        else:
-            # One primal evaluation and D JVPs along the basis vectors: trace = sum_i (J e_i)_i.
-            vz_flat, jvp = jax.linearize(lambda u: v(u.reshape(shape), t).reshape(-1), z.reshape(-1))
-            cols = jax.vmap(jvp)(jnp.eye(d, dtype=z.dtype))
-            vz, div = vz_flat.reshape(shape), jnp.trace(cols)
+        vz, _, div = value_and_divergence(lambda u: (v(u, t), ()), y[0], e if hutch else None)
         return vz, div
 
     term = diffrax.ODETerm(field)

@@ -63,7 +63,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.likelihood import DIVERGENCES, LikelihoodOutput, draw_probes, prior_log_density
+from diffusion_jax.likelihood import (
+    DIVERGENCES,
+    LikelihoodOutput,
+    draw_probes,
+    prior_log_density,
+    value_and_divergence,
+)
 from diffusion_jax.predictions import Denoiser
 from diffusion_jax.samplers import grids
 
@@ -86,21 +92,14 @@ def _evaluator(den: Denoiser, probes: Array, hutch: bool):
     sch = den.schedule
 
     def one(zi, ei, t):
-        shape = zi.shape
         _, _, da, ds = sch(t)
 
         def f(u):
-            x0, eps = den.x0_eps(u.reshape(shape)[None], t)
-            v = da * x0[0] + ds * eps[0]
-            return v.reshape(-1), x0[0], eps[0]
+            x0, eps = den.x0_eps(u[None], t)
+            return da * x0[0] + ds * eps[0], (x0[0], eps[0])
 
-        (v, x0, eps), jvp = jax.linearize(f, zi.reshape(-1))
-        if hutch:
-            div = jnp.mean(jax.vmap(lambda p: jnp.sum(p.reshape(-1) * jvp(p.reshape(-1))[0]))(ei))
-        else:
-            cols = jax.vmap(lambda e: jvp(e)[0])(jnp.eye(v.size, dtype=v.dtype))
-            div = jnp.trace(cols)
-        return v.reshape(shape), x0, eps, div
+        v, (x0, eps), div = value_and_divergence(f, zi, ei if hutch else None)
+        return v, x0, eps, div
 
     def evaluate(z, t):
         return jax.vmap(one, in_axes=(0, 0, None))(z, probes, t)
