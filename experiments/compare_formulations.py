@@ -239,7 +239,7 @@ def evaluate_toy(runs: str, spec: dict, progress: bool = True) -> list[dict]:
             wd = os.path.join(runs, f"{dataset}_{form}")
             cfg, den = load_run(wd)
             ref = periodic.reference_samples(cfg, spec["n"])
-            base = {"dataset": dataset, "formulation": form}
+            base = {"dataset": dataset, "formulation": form, "seed": int(cfg.seed)}
             floor = toy_floor(dataset, cfg, spec["n"])
             _, den0 = load_run(wd, initial=True)
             init, _ = draw(cfg, den0, "euler", max(spec["steps"]), spec["n"])
@@ -349,7 +349,16 @@ def evaluate_fmnist(runs: str, spec: dict, classifier_path, out: str, progress=T
                 grid[form] = samples[:12]
 
         for r in solver_rows(cfg, den, spec, score, spec["n"], keep=keep):
-            rows.append({"dataset": "fashion_mnist", "formulation": form, **r, "kind": "FD", "floor": floor})
+            rows.append(
+                {
+                    "dataset": "fashion_mnist",
+                    "formulation": form,
+                    "seed": int(cfg.seed),
+                    **r,
+                    "kind": "FD",
+                    "floor": floor,
+                }
+            )
         if progress:
             print(f"  evaluated fashion_mnist/{form}", flush=True)
     sample_grid(os.path.join(out, "fmnist_samples.png"), grid, real)
@@ -416,6 +425,7 @@ def train_in_process(cmds: dict[str, list[str]]) -> dict[str, float]:
 COLUMNS = (
     "dataset",
     "formulation",
+    "seed",
     "kind",
     "sampler",
     "steps",
@@ -592,6 +602,14 @@ def parse_args(argv):
         help="evaluate the finished runs in --runs without training them (e.g. after adding a metric)",
     )
     p.add_argument("--reduced_note", default="", help="a note printed in the results (e.g. a reduced budget)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="train and evaluate with this seed instead of the configs' 0 (config.seed: initialisation, "
+        "data stream, reference draws; config.sampling.seed: sampling noise); use a fresh --out / --runs "
+        "per seed (a finished run of another seed is refused, not reused)",
+    )
     args = p.parse_args(argv)
     parts = [s for s in args.part.split(",") if s]
     bad = [s for s in parts if s not in PARTS]
@@ -609,6 +627,8 @@ def parse_args(argv):
         v = getattr(args, name)
         if v is not None and v < 1:
             p.error(f"--{name} must be >= 1, got {v}")
+    if args.seed is not None and args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     try:
         steps = [int(s) for s in args.steps.split(",")] if args.steps else None
         tols = [float(s) for s in args.tols.split(",") if s] if args.tols is not None else None
@@ -654,6 +674,12 @@ def protocol(args, part: str, steps, tols) -> dict:
     if part == "toy" and args.datasets:
         spec["datasets"] = tuple(args.datasets.split(","))
     spec["formulations"] = tuple(args.formulations.split(",")) if args.formulations else FORMULATIONS
+    if args.seed is not None:  # one seed for everything random in a run (the seed-spread runs)
+        spec["overrides"] = (
+            *spec["overrides"],
+            f"--config.seed={args.seed}",
+            f"--config.sampling.seed={args.seed}",
+        )
     return spec
 
 
