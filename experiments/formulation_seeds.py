@@ -12,7 +12,8 @@ Reported per dataset and metric (W2 / NLL on 2-D, the classifier feature distanc
 
   * mean +- sample std (ddof 1) over seeds of each formulation at each setting, and of the floor;
   * per setting, the best formulation on each seed (lowest metric), so a "best" that changes with
-    the seed is visible;
+    the seed is visible; for the NLL the two lowest, at the adaptive solve only (a fixed-step NLL
+    is not a bound);
   * the SD3 degradation (Euler at the fewest minus at the most steps, `reproduce_sd3_steps`) per
     seed: which formulation degrades least, and rf_logit_normal's rank.
 
@@ -107,7 +108,8 @@ def report(rows: list[dict], seeds: list[int], part: str, command: str) -> str:
         f"Made by `{command}`.\n",
         f"Seeds {seeds} (one `compare_formulations --seed=S` run each). Mean +- sample std (ddof 1) over "
         f"the {len(seeds)} seeds; `best per seed` lists the formulation with the lowest value on each seed, "
-        "in seed order.",
+        "in seed order (NLL: the two lowest, at the adaptive solve only: a fixed-step NLL is the "
+        "likelihood of a discretised flow, not a bound, and can fall below the true NLL).",
     ]
     for ds in datasets:
         for kind in KINDS[part]:
@@ -127,11 +129,19 @@ def report(rows: list[dict], seeds: list[int], part: str, command: str) -> str:
                 body.append(
                     {"formulation": name, **{_label(s): _ms(sp[(ds, kind, s)][None]) for s in settings}}
                 )
-            best = {"formulation": "best per seed"}
+            # NLL: only the adaptive solve is the model's cross-entropy; a fixed-step value is the
+            # likelihood of a discretised flow and can fall below the true NLL, so "lowest" ranks nothing.
+            top = 2 if kind == "NLL" else 1
+            best = {"formulation": "two lowest per seed" if top == 2 else "best per seed"}
             for s in settings:
-                cell = sp[(ds, kind, s)]
-                vals = np.stack([cell[f] for f in forms])
-                best[_label(s)] = ", ".join(forms[i] for i in np.argmin(vals, axis=0))
+                if kind == "NLL" and s[0] != cf.ADAPTIVE:
+                    best[_label(s)] = "-"
+                    continue
+                vals = np.stack([sp[(ds, kind, s)][f] for f in forms])
+                order = np.argsort(vals, axis=0, kind="stable")[:top]
+                best[_label(s)] = ", ".join(
+                    " + ".join(forms[i] for i in order[:, j]) for j in range(len(seeds))
+                )
             body.append(best)
             lines.append(cf.table(body, cols, f"{ds}: {kind}"))
         lines += _degradation(rows, seeds, ds, part)
