@@ -138,9 +138,9 @@ def report(rows: list[dict], seeds: list[int], part: str, command: str) -> str:
                     best[_label(s)] = "-"
                     continue
                 vals = np.stack([sp[(ds, kind, s)][f] for f in forms])
-                order = np.argsort(vals, axis=0, kind="stable")[:top]
+                lowest = np.argsort(vals, axis=0, kind="stable")[:top]  # [top, seeds]
                 best[_label(s)] = ", ".join(
-                    " + ".join(forms[i] for i in order[:, j]) for j in range(len(seeds))
+                    " + ".join(forms[i] for i in lowest[:, j]) for j in range(len(seeds))
                 )
             body.append(best)
             lines.append(cf.table(body, cols, f"{ds}: {kind}"))
