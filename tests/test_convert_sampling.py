@@ -176,11 +176,10 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
             np.testing.assert_array_equal(f["sample"], want[s])
             assert int(f["label"]) == s  # labels 0-9 cycled over the seeds
     # evaluate: FID of seeds 0-7 against reference statistics made by our statistics code, with a
-    # converted random-weight Inception; equals pytorch-fid's formula on pytorch-fid's network
+    # converted random-weight Inception; equals the Frechet distance of pytorch-fid's network's features
     pytest.importorskip("pytorch_fid")
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
     from diffusion_jax.metrics import features, fid, inception, inception_weights
+    from tests.test_metrics_fid import frechet_from_features
     from tests.test_metrics_inception import build_random_reference
 
     net, _, inc, _ = build_random_reference(str(tmp_path))
@@ -202,14 +201,13 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
     fake = np.asarray(plan.decode(plan.sample(list(range(8)))))
     assert np.isclose(res["pixel_mean"], fake.mean(), rtol=1e-5)
 
-    def torch_stats(u8):
+    def torch_features(u8):
         x = torch.from_numpy(u8.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
         with torch.no_grad():
-            f = net(x)[0][:, :, 0, 0].numpy().astype(np.float64)
-        return f.mean(0), np.cov(f, rowvar=False)
+            return net(x)[0][:, :, 0, 0].numpy().astype(np.float64)
 
     fake_u8 = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    want_fid = calculate_frechet_distance(*torch_stats(fake_u8), *torch_stats(ref_u8))
+    want_fid = frechet_from_features(torch_features(fake_u8), torch_features(ref_u8))
     print(f"pretrained evaluate FID {res['fid']:.6f}, pytorch-fid {want_fid:.6f}")
     assert res["fid"] == pytest.approx(want_fid, rel=1e-3)
 

@@ -1,6 +1,7 @@
 """`evaluate` on a tiny Fashion-MNIST run: FID (a converted random-weight pytorch-fid network), KID, the
 classifier feature distance, precision/recall and bits/dim (ODE and ELBO); the CLI on 1 device prints
-the numbers the in-process call on 8 devices returns; the FID equals pytorch-fid's own on the same images.
+the numbers the in-process call on 8 devices returns; the FID equals the Frechet distance of pytorch-fid's
+own network's features of the same images.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from diffusion_jax.training import loop, overrides
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_fid")
 
-from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
-
 from diffusion_jax import evaluate as ev  # noqa: E402
 from diffusion_jax.metrics import classifier, image_eval  # noqa: E402
 from tests.multiproc import run_processes  # noqa: E402
 from tests.test_metrics_inception import build_random_reference  # noqa: E402
+from tests.test_metrics_fid import frechet_from_features  # noqa: E402
 from tests.test_training_multihost import REPO  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -82,20 +82,20 @@ def test_evaluate_reports_image_metrics_on_8_and_1_devices(run, evaluated):
     for k in ("fid", "kid", "fd_classifier", "precision", "recall", "bpd", "bpd_elbo", "bpd_nfe"):
         assert np.isfinite(out[k]), (k, out)
     assert out["fid"] > 0 and 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1 and out["bpd"] > 0
-    # FID by pytorch-fid's own network and formula on the very same uint8 images
+    # FID from pytorch-fid's own network on the very same uint8 images (the exact Frechet distance of
+    # its features' statistics; the formula itself is checked against pytorch-fid's in test_metrics_fid)
     step = out["step"]
     d = os.path.join(workdir, "eval", f"{step:08d}_samples")
     fake = np.stack([np.load(os.path.join(d, f"{i:06d}.npz"))["sample"] for i in range(N)])
     fake_u8 = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
     real_u8 = ev._real_images(cfg)[1](np.arange(N))
 
-    def torch_stats(u8):
+    def torch_features(u8):
         x = torch.from_numpy(u8.astype(np.float32) / 255.0).permute(0, 3, 1, 2).repeat(1, 3, 1, 1)
         with torch.no_grad():
-            f = net(x)[0][:, :, 0, 0].numpy().astype(np.float64)
-        return f.mean(0), np.cov(f, rowvar=False)
+            return net(x)[0][:, :, 0, 0].numpy().astype(np.float64)
 
-    want = calculate_frechet_distance(*torch_stats(fake_u8), *torch_stats(real_u8))
+    want = frechet_from_features(torch_features(fake_u8), torch_features(real_u8))
     assert out["fid"] == pytest.approx(want, rel=1e-3)
     # the CLI on one device prints the same numbers
     env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=1")

@@ -21,9 +21,11 @@ The 1008-way classifier (``fc``) is not part of the pool3 network and is dropped
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 
+import jax
 import numpy as np
 from flax import nnx, traverse_util
 
@@ -52,10 +54,16 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _abstract_split():
+    """(graphdef, state of ShapeDtypeStructs) of the network. Built once per process: constructing the
+    NNX module, even abstractly, costs ~1.5 s of Python; callers get a copy of the state to fill."""
+    return nnx.split(inception.create(abstract=True))
+
+
 def expected_shapes() -> dict[str, tuple[int, ...]]:
     """Flat name ('Mixed_5b/branch1x1/conv/kernel', ...) -> shape of every array of the Flax network."""
-    _, state = nnx.split(inception.create(abstract=True))
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state), sep="/")
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(_abstract_split()[1]), sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -119,7 +127,8 @@ def load_inception(path: str | os.PathLike):
     saying where to get the weights and how to convert them."""
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(MISSING_MSG.format(path=str(path)))
-    graphdef, state = nnx.split(inception.create(abstract=True))
+    graphdef, abstract = _abstract_split()
+    state = jax.tree.map(lambda x: x, abstract)  # a fresh State: filling it leaves the cached one abstract
     shapes = expected_shapes()
     with np.load(path) as f:
         flat = {k: f[k] for k in f.files if not k.startswith("__")}
