@@ -146,10 +146,10 @@ def draw(cfg, den, sampler: str, setting, n: int, grid: str | None = None, max_n
 def load_run(workdir: str, initial: bool = False):
     """(cfg, denoiser) of a finished run's EMA weights, or of its step-0 initialisation (`initial`)."""
     from diffusion_jax import objectives
-    from diffusion_jax.training import checkpoints
+    from diffusion_jax.training import build, checkpoints
 
     state, cfg, net = checkpoints.load_train_state(workdir)
-    params = net.params if initial else checkpoints.select_params(state, "")
+    params = build.build_network(cfg).params if initial else checkpoints.select_params(state, "")
     return cfg, objectives.make_denoiser_from_config(cfg.objective, net.net_fn, params)
 
 

@@ -123,12 +123,16 @@ def train_state_shardings(state, mesh, rules=None):
     return expand_shardings(state_shardings(state, mesh, rules), state)
 
 
-def abstract_train_state(cfg, mesh=None, rules=None):
+def abstract_train_state(cfg, mesh=None, rules=None, params=None):
     """The TrainState of `cfg` as `jax.ShapeDtypeStruct`s (with the rules' shardings on `mesh`, or on
     the first local device), from `jax.eval_shape`: nothing is allocated. The restore target that
-    puts a checkpoint saved on any mesh onto this one (Orbax reads each device's slices)."""
-    _, init = network_initializer(cfg)
-    params, _ = jax.eval_shape(init)
+    puts a checkpoint saved on any mesh onto this one (Orbax reads each device's slices).
+
+    params: the network's parameters (arrays or ShapeDtypeStructs) when the caller has them already;
+    None traces the network's initialiser for them."""
+    if params is None:
+        _, init = network_initializer(cfg)
+        params, _ = jax.eval_shape(init)
     tx = make_optimizer(cfg.training)
     key = jax.ShapeDtypeStruct((2,), np.uint32)
     state = jax.eval_shape(lambda p, k: init_train_state(p, tx, cfg.training, k), params, key)

@@ -117,14 +117,28 @@ def load_train_state(workdir: str, step: int | None = None):
     with a warning (the training run quarantines them).
 
     Returns:
-      (state, cfg, network): host-side `TrainState`, the run's config, and its `build.Network`.
+      (state, cfg, network): host-side `TrainState`, the run's config, and its `build.Network` (float32
+      compute; its `params` are the checkpoint's raw parameters, `state.params`; the step-0
+      initialisation is `build.build_network(cfg).params`).
     """
-    from diffusion_jax.training.build import abstract_train_state, build_network
+    from diffusion_jax.models.functional import make_net_fn
+    from diffusion_jax.training.build import (
+        Network,
+        abstract_train_state,
+        network_initializer,
+        with_compute_dtype,
+    )
 
     cfg = load_config(workdir)
-    net = build_network(cfg, compute_dtype="float32")
+    # The network's structure from one trace of its initialiser; no random parameters are made only to
+    # be replaced by the checkpoint's (for a large model that would be a second copy in memory). The
+    # non-parameter buffers (e.g. a fixed positional table; most models have none) come from the very
+    # program that made them for training, so the restored network computes what the trained one did.
+    graphdef, init = network_initializer(cfg)
+    aparams, arest = jax.eval_shape(init)
+    rest = init()[1] if jax.tree.leaves(arest) else arest
     # The restore target from `jax.eval_shape` (no optimizer state or EMA copy is materialised).
-    abstract = abstract_train_state(cfg)
+    abstract = abstract_train_state(cfg, params=aparams)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         if step is None:
@@ -140,6 +154,7 @@ def load_train_state(workdir: str, step: int | None = None):
             state, _ = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
+    net = Network(graphdef, state.params, rest, with_compute_dtype(make_net_fn(graphdef, rest), "float32"))
     return state, cfg, net
 
 
