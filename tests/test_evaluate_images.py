@@ -24,8 +24,8 @@ pytest.importorskip("pytorch_fid")
 from diffusion_jax import evaluate as ev  # noqa: E402
 from diffusion_jax.metrics import classifier, image_eval  # noqa: E402
 from tests.multiproc import run_processes  # noqa: E402
-from tests.test_metrics_inception import build_random_reference  # noqa: E402
 from tests.test_metrics_fid import frechet_from_features  # noqa: E402
+from tests.test_metrics_inception import build_random_reference  # noqa: E402
 from tests.test_training_multihost import REPO  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
