@@ -122,12 +122,14 @@ def train_fmnist(steps: int, batch: int, quick: bool, seed: int = 0, nf: int = 1
     from diffusion_jax import objectives
     from diffusion_jax.likelihood import dequantize
     from diffusion_jax.models.functional import init_split, make_net_fn
+    from diffusion_jax.training.build import FAST_COMPILE
     from diffusion_jax.training.state import make_optimizer
 
     cfg = fmnist_config(quick, nf)
     cfg.training.num_steps = steps
     data = _images("train", quick)
-    graphdef, params, rest = init_split(cfg.model, seed=seed)
+    # The U-Net's init program runs once: unoptimised XLA (bitwise the same parameters, 3x less compile).
+    graphdef, params, rest = init_split(cfg.model, seed=seed, compiler_options=FAST_COMPILE)
     loss_fn, den = objectives.make_loss(cfg.objective, make_net_fn(graphdef, rest))
     tx = make_optimizer(cfg.training)
 
