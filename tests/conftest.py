@@ -9,7 +9,7 @@ creates an empty temporary directory, exports it as `DIFFUSION_JAX_TEST_SESSION_
 and every subprocess the tests start inherit it) and deletes it at the end of the session.
 
 Compilation cache: `JAX_COMPILATION_CACHE_DIR` is that directory's `xla_cache` (unless set already),
-with a minimum compile time of 1 s and a size bound (which turns on JAX's file lock around every
+with a minimum compile time of 0.3 s and a size bound (which turns on JAX's file lock around every
 cache read and write), so the workers and the subprocess CLIs / multi-process jobs reuse each other's
 compiled programs instead of compiling them again. It starts empty each session, so nothing carries
 over between runs; a hit returns the executable that the same compilation produced (the key hashes
@@ -36,9 +36,11 @@ if SESSION_ENV not in os.environ:
     os.environ[SESSION_ENV] = _OWN_SESSION
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_OWN_SESSION, "xla_cache")
-        # Only programs that took >= 1 s to compile: the eager per-primitive programs stay out
+        # Only programs that took >= 0.3 s to compile: the eager per-primitive programs stay out
         # (thousands of tiny files would slow every write's size check); the bound enables the lock.
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+        # 0.3 s rather than 1 s caches the many small samplers / steps / metric programs that the
+        # workers and CLIs compile alike: 2.6 CPU-min less per suite (20:05 -> 18:44 wall, idle).
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
         os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import jax  # noqa: E402
