@@ -17,7 +17,8 @@ segment's moments (count, mean, scatter) go to `<out>/parts/<row>/seg*.npz` as i
 finished row to `<out>/results.jsonl`. A re-run with the same settings skips finished rows and
 segments (process 0 decides and broadcasts, so hosts need not share a file system for reading).
 `--digests` writes each process's per-seed sha256 of the (latent) samples to
-`<out>/digests/<row>.p<process>.json`, to check that samples do not depend on the host layout.
+`<out>/digests/<row>.p<process>.json`, to check that samples do not depend on the host layout (a
+resumed row adds the seeds it draws to the file an earlier run wrote).
 
 `--quick` (tests, smoke runs): random Inception weights unless `--inception` is given; without
 `--reference` the reference is the statistics of the config's own sampler and grid on seeds 10**6..
@@ -337,6 +338,11 @@ def _write_row(out, path, row, rid, digests) -> None:
     if digests is not None:
         os.makedirs(os.path.join(out, "digests"), exist_ok=True)
         dpath = os.path.join(out, "digests", f"{rid}.p{jax.process_index()}.json")
+        if os.path.isfile(dpath):
+            # A resumed row samples only its missing segments: keep the seeds an earlier run of the
+            # same row (same id, same samples) recorded, so the file covers every seed drawn here.
+            with open(dpath) as f:
+                digests = {**json.load(f), **digests}
         _write_atomic(dpath, lambda p: json.dump(digests, open(p, "w"), sort_keys=True))  # noqa: SIM115
     if jax.process_index() == 0:
         with open(path, "a") as f:

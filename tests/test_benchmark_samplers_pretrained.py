@@ -31,13 +31,22 @@ def _pixel_stats(plan, seeds):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def test_fid_rows_equal_a_hand_computation_and_resume(tmp_path):
-    """Rows of the --quick run on the random tiny DiT + VAE: FID equals numpy's Frechet distance of
-    hand-computed statistics; a re-run recomputes nothing; a lost segment is the only one redone."""
-    out = str(tmp_path / "bench")
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The 1-process --quick run (8 devices), made once per worker for both tests below. The resume
+    test re-runs it in place and leaves the same rows and digests behind."""
+    out = str(tmp_path_factory.mktemp("bench") / "one")
     argv = ["prog", *QUICK, f"--out={out}"]
     assert benchmark_samplers.is_pretrained_request(argv)
     assert sampler_fid.main(argv) == 0
+    return out
+
+
+def test_fid_rows_equal_a_hand_computation_and_resume(one_process):
+    """Rows of the --quick run on the random tiny DiT + VAE: FID equals numpy's Frechet distance of
+    hand-computed statistics; a re-run recomputes nothing; a lost segment is the only one redone."""
+    out = one_process
+    argv = ["prog", *QUICK, f"--out={out}"]
     rows = _rows(out)
     assert [(r["sampler"], r["nfe"], r["steps"]) for r in rows] == [("ddim", 3, 2), ("dpmpp_2m", 3, 2)]
     from configs.pretrained import dit_xl2
@@ -66,14 +75,15 @@ def test_fid_rows_equal_a_hand_computation_and_resume(tmp_path):
     again = _rows(out)
     assert os.stat(seg0).st_mtime_ns == before and os.path.isfile(seg1)
     assert [r["fid"] for r in again] == pytest.approx([r["fid"] for r in rows], rel=1e-12)
+    with open(os.path.join(out, "digests", f"{rows[0]['row']}.p0.json")) as f:
+        assert sorted(json.load(f), key=int) == [str(s) for s in range(10)]  # the resumed seeds merged in
 
 
-def test_two_processes_give_the_one_process_table(tmp_path):
+def test_two_processes_give_the_one_process_table(one_process, tmp_path):
     """2 processes x 2 CPU devices (gloo): 10 seeds in chunks of 4 are 3 chunks, so the processes
     draw 2 and 1 (and 1 and 0 in the second segment); the feature moments are reduced, not gathered.
     Same FID per row (float tolerance) and the same sample bits per seed as 1 process x 8 devices."""
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert sampler_fid.main(["prog", *QUICK, f"--out={one}"]) == 0
+    one, two = one_process, str(tmp_path / "two")
     port = portpicker.pick_unused_port()
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
