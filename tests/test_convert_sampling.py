@@ -208,7 +208,7 @@ def test_sample_and_evaluate_clis_run_the_pretrained_config(tiny, tmp_path):
 
     fake_u8 = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
     want_fid = frechet_from_features(torch_features(fake_u8), torch_features(ref_u8))
-    print(f"pretrained evaluate FID {res['fid']:.6f}, pytorch-fid {want_fid:.6f}")
+    print(f"pretrained evaluate FID {res['fid']:.6f}, from pytorch-fid's features {want_fid:.6f}")
     assert res["fid"] == pytest.approx(want_fid, rel=1e-3)
 
 
