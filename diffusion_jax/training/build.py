@@ -76,13 +76,17 @@ def build_network(cfg, *, compute_dtype: str | None = None, mesh=None, rules=Non
       compute_dtype: wrap net_fn for mixed precision (None -> `cfg.training.compute_dtype`).
       mesh, rules: create the parameters sharded on `mesh` (`network_initializer`); None: one device.
     """
-    from diffusion_jax.models.functional import make_net_fn
-
     graphdef, init = network_initializer(cfg, mesh, rules)
     params, rest = init()
-    net_fn = make_net_fn(graphdef, rest)
     dtype = cfg.training.compute_dtype if compute_dtype is None else compute_dtype
-    return Network(graphdef, params, rest, with_compute_dtype(net_fn, dtype))
+    return assemble_network(graphdef, params, rest, dtype)
+
+
+def assemble_network(graphdef, params, rest, compute_dtype: str) -> Network:
+    """The `Network` of a split model (`build_network`'s, or a checkpoint loader's with restored params)."""
+    from diffusion_jax.models.functional import make_net_fn
+
+    return Network(graphdef, params, rest, with_compute_dtype(make_net_fn(graphdef, rest), compute_dtype))
 
 
 def build_loss(cfg, net_fn: Callable):

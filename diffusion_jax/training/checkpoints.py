@@ -121,13 +121,7 @@ def load_train_state(workdir: str, step: int | None = None):
       compute; its `params` are the checkpoint's raw parameters, `state.params`; the step-0
       initialisation is `build.build_network(cfg).params`).
     """
-    from diffusion_jax.models.functional import make_net_fn
-    from diffusion_jax.training.build import (
-        Network,
-        abstract_train_state,
-        network_initializer,
-        with_compute_dtype,
-    )
+    from diffusion_jax.training.build import abstract_train_state, assemble_network, network_initializer
 
     cfg = load_config(workdir)
     # The network's structure from one trace of its initialiser; no random parameters are made only to
@@ -154,7 +148,7 @@ def load_train_state(workdir: str, step: int | None = None):
             state, _ = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
-    net = Network(graphdef, state.params, rest, with_compute_dtype(make_net_fn(graphdef, rest), "float32"))
+    net = assemble_network(graphdef, state.params, rest, "float32")
     return state, cfg, net
 
 
